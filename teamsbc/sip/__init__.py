@@ -1,0 +1,1 @@
+"""Sans-IO SIP core: messages, URIs, stream framing and transactions. No sockets in here."""

@@ -1,0 +1,259 @@
+"""SIP URIs (RFC 3261 19.1), name-addr / addr-spec values (20.10, 25.1) and Via (20.42).
+
+Parsing is strict where a proxy depends on the result (host, port, params) and tolerant of
+what it only carries along (user parts are kept as escaped on the wire).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import ParseError
+
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?\Z")
+_DISALLOWED_IN_URI = re.compile(r"[\s<>\"]")
+
+
+@dataclass(slots=True)
+class SipUri:
+    """A sip: or sips: URI. `params` keep wire order; keys are lower case, flag params map to None."""
+
+    scheme: str
+    user: str | None
+    host: str
+    port: int | None = None
+    password: str | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: str | None = None  # everything after '?', kept escaped
+
+    @property
+    def transport(self) -> str | None:
+        t = self.params.get("transport")
+        return t.lower() if t else None
+
+    @property
+    def host_bare(self) -> str:
+        """Host without IPv6 brackets, lower case: what a resolver or socket wants."""
+        h = self.host
+        if h.startswith("["):
+            h = h[1:-1]
+        return h.lower()
+
+    def copy(self) -> "SipUri":
+        return SipUri(self.scheme, self.user, self.host, self.port, self.password,
+                      dict(self.params), self.headers)
+
+    def __str__(self) -> str:
+        parts = [self.scheme, ":"]
+        if self.user is not None:
+            parts.append(self.user)
+            if self.password is not None:
+                parts += [":", self.password]
+            parts.append("@")
+        parts.append(self.host)
+        if self.port is not None:
+            parts += [":", str(self.port)]
+        for k, v in self.params.items():
+            parts += [";", k] if v is None else [";", k, "=", v]
+        if self.headers is not None:
+            parts += ["?", self.headers]
+        return "".join(parts)
+
+
+def parse_uri(text: str) -> SipUri:
+    """Parse a sip:/sips: URI. Raises ParseError (400) on anything else; callers that accept
+    other schemes (tel:, urn:) check the scheme first (RFC 4475 3.1.4.2: R-URI -> 416)."""
+    colon = text.find(":")
+    if colon <= 0:
+        raise ParseError(f"Bad URI {text[:60]!r}")
+    scheme = text[:colon].lower()
+    if scheme not in ("sip", "sips"):
+        raise ParseError(f"Unsupported URI scheme {scheme[:20]!r}", 416)
+    if _DISALLOWED_IN_URI.search(text):
+        raise ParseError("Whitespace or delimiter inside URI")  # RFC 4475 3.1.2.8, 3.1.2.14
+    rest = text[colon + 1:]
+    headers = None
+    q = rest.find("?")
+    if q >= 0:
+        rest, headers = rest[:q], rest[q + 1:]
+    user = password = None
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1:]
+        if not userinfo:
+            raise ParseError("Empty user part in URI")
+        if ":" in userinfo:
+            user, password = userinfo.split(":", 1)
+        else:
+            user = userinfo
+    hostport, _, paramstr = rest.partition(";")
+    m = _HOST_RE.match(hostport)
+    if not m:
+        raise ParseError(f"Bad host in URI {hostport[:60]!r}")
+    host, port_s = m.group(1), m.group(2)
+    port = None
+    if port_s is not None:
+        port = int(port_s)
+        if not 0 < port < 65536:
+            raise ParseError(f"Bad port {port_s} in URI")
+    params = parse_params(paramstr) if paramstr else {}
+    return SipUri(scheme, user, host, port, password, params, headers)
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """`a=b;c;d=e` -> {'a': 'b', 'c': None, 'd': 'e'} (keys lower-cased, values as on the wire)."""
+    params: dict[str, str | None] = {}
+    for item in text.split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        k, eq, v = item.partition("=")
+        k = k.strip().lower()
+        if not k:
+            raise ParseError("Empty parameter name")
+        params[k] = v.strip() if eq else None
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def split_quoted(text: str, sep: str) -> list[str]:
+    """Split on `sep` outside double quotes and <...> (header lists, parameter lists)."""
+    if sep not in text:
+        return [text]
+    out, start, in_q, in_a, i, n = [], 0, False, False, 0, len(text)
+    while i < n:
+        c = text[i]
+        if in_q:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_q = False
+        elif c == '"':
+            in_q = True
+        elif c == "<":
+            in_a = True
+        elif c == ">":
+            in_a = False
+        elif c == sep and not in_a:
+            out.append(text[start:i])
+            start = i + 1
+        i += 1
+    if in_q:
+        raise ParseError("Unterminated quoted string")  # RFC 4475 3.1.2.6
+    out.append(text[start:])
+    return out
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """`"Display" <uri>;params` or `uri;params` (the params then belong to the header, 20.10).
+
+    `uri` stays a string: To/From may carry tel: or other schemes we never need to parse.
+    """
+
+    uri: str
+    display: str | None = None  # as on the wire, quotes included
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def sip_uri(self) -> SipUri:
+        return parse_uri(self.uri)
+
+    def __str__(self) -> str:
+        d = f"{self.display} " if self.display else ""
+        return f"{d}<{self.uri}>{format_params(self.params)}"
+
+
+_DISPLAY_TOKENS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ \t]*\Z")
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    v = value.strip()
+    if not v:
+        raise ParseError("Empty address")
+    lt = -1
+    display = None
+    if v[0] == '"':
+        # quoted-string display name, with \-escapes (25.1 quoted-pair)
+        i, n = 1, len(v)
+        while i < n and v[i] != '"':
+            i += 2 if v[i] == "\\" else 1
+        if i >= n:
+            raise ParseError("Unterminated quoted display name")
+        display = v[: i + 1]
+        lt = v.find("<", i + 1)
+        if lt < 0 or v[i + 1:lt].strip():
+            raise ParseError("Display name without <URI>")
+    else:
+        lt = v.find("<")
+        if lt >= 0:
+            d = v[:lt].strip()
+            if d:
+                if not _DISPLAY_TOKENS_RE.match(d):
+                    raise ParseError("Non-token characters in display name")  # 4475 3.1.2.15
+                display = d
+    if lt >= 0:
+        gt = v.find(">", lt)
+        if gt < 0:
+            raise ParseError("Unterminated <URI>")
+        uri = v[lt + 1:gt].strip()
+        rest = v[gt + 1:].strip()
+        if rest and rest[0] != ";":
+            raise ParseError("Garbage after <URI>")
+        params = parse_params(rest[1:]) if rest else {}
+    else:
+        # addr-spec: no ';' params inside the URI, no '?' headers, no commas (20.10)
+        uri, _, rest = v.partition(";")
+        uri = uri.strip()
+        if "?" in uri or "," in uri:
+            raise ParseError("URI with headers or commas must be enclosed in <>")  # 3.1.2.13
+        params = parse_params(rest) if rest else {}
+    if not uri or ":" not in uri or _DISALLOWED_IN_URI.search(uri):
+        raise ParseError(f"Bad URI in address {uri[:60]!r}")
+    return NameAddr(uri, display, params)
+
+
+@dataclass(slots=True)
+class Via:
+    transport: str  # upper case: UDP, TCP, TLS, ...
+    host: str
+    port: int | None
+    params: dict[str, str | None] = field(default_factory=dict)
+    protocol: str = "SIP/2.0"
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def sent_by(self) -> tuple[str, int | None]:
+        return self.host.lower(), self.port
+
+    def __str__(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
+
+
+_VIA_RE = re.compile(
+    r"\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)"
+    r"\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)\s*(?::\s*(\d{1,5}))?\s*(;.*)?\Z", re.S)
+
+
+def parse_via(value: str) -> Via:
+    m = _VIA_RE.match(value)
+    if not m:
+        raise ParseError("Malformed Via")
+    name, version, transport, host, port_s, paramstr = m.groups()
+    if name.upper() != "SIP" or version != "2.0":
+        raise ParseError("Unsupported Via protocol", 505 if name.upper() == "SIP" else 400)
+    port = int(port_s) if port_s else None
+    if port is not None and not 0 < port < 65536:
+        raise ParseError("Bad Via port")
+    params = parse_params(paramstr[1:]) if paramstr else {}
+    return Via(transport.upper(), host, port, params)
