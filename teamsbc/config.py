@@ -1,0 +1,307 @@
+"""One YAML file -> typed, validated settings. Every error names the file, the key, what is
+wrong and what would be right; all errors are collected so one `teamsbc check` shows them all.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEAMS_PROXIES = {
+    "commercial": ("sip.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com",
+                   "sip3.pstnhub.microsoft.com"),
+    "gcch": ("sip.pstnhub.gov.teams.microsoft.us",),
+    "dod": ("sip.pstnhub.dod.teams.microsoft.us",),
+}
+
+
+class ConfigError(Exception):
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SbcSection:
+    fqdn: str
+
+
+@dataclass(frozen=True, slots=True)
+class TeamsSection:
+    listen: HostPort
+    certificate: Path
+    private_key: Path
+    trusted_ca: Path | None
+    proxies: tuple[str, ...]
+    port: int
+    resolve: dict[str, HostPort]
+    signaling_port: int         # the port Teams knows for this SBC (-SipSignalingPort)
+    invite_timeout: float       # seconds without any answer from a Teams proxy -> next proxy
+    cloud: str = "commercial"
+
+
+@dataclass(frozen=True, slots=True)
+class PbxSection:
+    listen: HostPort
+    transport: str              # udp | tcp
+    address: HostPort
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSection:
+    rtpengine: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NumbersSection:
+    """How numbers from the PBX become +E.164 toward Teams (reference section 5)."""
+    country_code: str | None = None
+    international_prefix: str = "00"
+    national_prefix: str = "0"
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    sbc: SbcSection
+    teams: TeamsSection
+    pbx: PbxSection
+    media: MediaSection = field(default_factory=MediaSection)
+    numbers: NumbersSection = field(default_factory=NumbersSection)
+    log: LogSection = field(default_factory=LogSection)
+    certs_dir: Path = Path("certs")
+    source: str = "<embedded>"
+
+
+_FQDN_RE = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\Z")
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]+\Z")
+
+
+class _Reader:
+    """Walks the YAML tree, records errors instead of raising so all are reported at once."""
+
+    def __init__(self, source: str, base: Path):
+        self.source = source
+        self.base = base
+        self.errors: list[str] = []
+
+    def err(self, key: str, msg: str) -> None:
+        self.errors.append(f"{self.source}: {key}: {msg}")
+
+    def section(self, data: dict, key: str, known: set[str], required: bool = True) -> dict:
+        v = data.get(key)
+        if v is None:
+            if required:
+                self.err(key, "missing section")
+            return {}
+        if not isinstance(v, dict):
+            self.err(key, f"must be a mapping, got {type(v).__name__}")
+            return {}
+        for k in v:
+            if k not in known:
+                self.err(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+        return v
+
+    def str_(self, d: dict, path: str, key: str, default: Any = ..., choices: tuple | None = None):
+        v = d.get(key, default)
+        if v is ...:
+            self.err(f"{path}.{key}", "required")
+            return None
+        if v is None:
+            return None
+        if not isinstance(v, str) or not v.strip():
+            self.err(f"{path}.{key}", f"must be a non-empty string, got {v!r}")
+            return None
+        if choices and v not in choices:
+            self.err(f"{path}.{key}", f"{v!r} is not one of {', '.join(choices)}")
+            return None
+        return v.strip()
+
+    def hostport(self, d: dict, path: str, key: str, default: Any = ..., default_port: int | None = None):
+        v = d.get(key, default)
+        where = f"{path}.{key}"
+        if v is ...:
+            self.err(where, "required (\"host:port\", e.g. 127.0.0.1:5060)")
+            return None
+        return self.parse_hostport(v, where, default_port)
+
+    def parse_hostport(self, v: Any, where: str, default_port: int | None = None):
+        if not isinstance(v, str):
+            self.err(where, f"must be \"host:port\", got {v!r}")
+            return None
+        m = re.match(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?\Z", v) or re.match(r"([^:\[\]]+)(?::(\d+))?\Z", v)
+        if not m or not _HOST_RE.match(m.group(1).replace(":", "")) :
+            self.err(where, f"{v!r} is not \"host:port\" (IPv6 as [addr]:port)")
+            return None
+        host, port_s = m.group(1), m.group(2)
+        if port_s is None:
+            if default_port is None:
+                self.err(where, f"{v!r} has no port (write {v}:5060 or similar)")
+                return None
+            port = default_port
+        else:
+            port = int(port_s)
+        if not 0 < port < 65536:
+            self.err(where, f"port {port} out of range 1-65535")
+            return None
+        return HostPort(host, port)
+
+    def ip_hostport(self, d: dict, path: str, key: str, default: Any = ...):
+        hp = self.hostport(d, path, key, default)
+        if hp is not None:
+            try:
+                ipaddress.ip_address(hp.host)
+            except ValueError:
+                self.err(f"{path}.{key}", f"{hp.host!r} must be an IP address (listeners and trunks bind/send by address)")
+                return None
+        return hp
+
+    def path(self, d: dict, path: str, key: str, default: Any = ..., must_exist: bool = True):
+        v = self.str_(d, path, key, default)
+        if v is None:
+            return None
+        p = Path(v)
+        if not p.is_absolute():
+            p = self.base / p
+        if must_exist and not p.is_file():
+            self.err(f"{path}.{key}", f"file {str(p)!r} does not exist or is not a file")
+        return p
+
+    def number(self, d: dict, path: str, key: str, default: float, lo: float, hi: float):
+        v = d.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            self.err(f"{path}.{key}", f"must be a number between {lo} and {hi}, got {v!r}")
+            return default
+        return v
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{p}: {where}not valid YAML: {problem}"]) from None
+    return from_dict(data, source=str(p), base=p.resolve().parent)
+
+
+def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) -> Config:
+    r = _Reader(source, base or Path.cwd())
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: top level must be a mapping with sbc, teams, pbx sections"])
+    known_top = {"sbc", "teams", "pbx", "media", "numbers", "log", "certs_dir", "acme", "admin"}
+    for k in data:
+        if k not in known_top:
+            r.err(k, f"unknown section (known: {', '.join(sorted(known_top))})")
+
+    s = r.section(data, "sbc", {"fqdn"})
+    fqdn = r.str_(s, "sbc", "fqdn")
+    if fqdn and not _FQDN_RE.match(fqdn):
+        r.err("sbc.fqdn", f"{fqdn!r} is not a fully qualified domain name (Teams refuses IPs: use e.g. sbc.example.com)")
+        fqdn = None
+    certs_dir_s = data.get("certs_dir", "certs")
+    certs_dir = Path(certs_dir_s) if isinstance(certs_dir_s, str) else Path("certs")
+    if not isinstance(certs_dir_s, str):
+        r.err("certs_dir", f"must be a directory path, got {certs_dir_s!r}")
+    if not certs_dir.is_absolute():
+        certs_dir = r.base / certs_dir
+
+    t = r.section(data, "teams", {"listen", "certificate", "private_key", "trusted_ca", "proxies",
+                                  "port", "resolve", "signaling_port", "invite_timeout", "cloud"})
+    listen = r.ip_hostport(t, "teams", "listen", "0.0.0.0:5061")
+    live = certs_dir / "live" / (fqdn or "_")
+    cert = r.path(t, "teams", "certificate", str(live / "fullchain.pem"))
+    key = r.path(t, "teams", "private_key", str(live / "privkey.pem"))
+    trusted = r.path(t, "teams", "trusted_ca", None)
+    cloud = r.str_(t, "teams", "cloud", "commercial", tuple(TEAMS_PROXIES)) or "commercial"
+    proxies_v = t.get("proxies", list(TEAMS_PROXIES[cloud]))
+    proxies: tuple[str, ...] = ()
+    if not isinstance(proxies_v, list) or not proxies_v:
+        r.err("teams.proxies", "must be a non-empty list of Teams SIP proxy FQDNs in order (sip, sip2, sip3)")
+    else:
+        for i, h in enumerate(proxies_v):
+            if not isinstance(h, str) or not _FQDN_RE.match(h):
+                r.err(f"teams.proxies[{i}]", f"{h!r} is not an FQDN")
+            elif h == "sip-all.pstnhub.microsoft.com":
+                r.err(f"teams.proxies[{i}]", "sip-all.pstnhub.microsoft.com was retired in 2022; use sip, sip2, sip3.pstnhub.microsoft.com")
+        proxies = tuple(h.lower() for h in proxies_v if isinstance(h, str))
+    port = int(r.number(t, "teams", "port", 5061, 1, 65535))
+    resolve_v = t.get("resolve", {}) or {}
+    resolve: dict[str, HostPort] = {}
+    if not isinstance(resolve_v, dict):
+        r.err("teams.resolve", "must be a mapping FQDN -> \"ip:port\"")
+    else:
+        for name, target in resolve_v.items():
+            hp = r.parse_hostport(target, f"teams.resolve.{name}", port)
+            if hp:
+                resolve[str(name).lower()] = hp
+    signaling_port = int(r.number(t, "teams", "signaling_port", listen.port if listen else 5061, 1, 65535))
+    invite_timeout = float(r.number(t, "teams", "invite_timeout", 4.0, 0.5, 32.0))
+
+    pb = r.section(data, "pbx", {"listen", "transport", "address"})
+    pbx_listen = r.ip_hostport(pb, "pbx", "listen")
+    pbx_transport = r.str_(pb, "pbx", "transport", "udp", ("udp", "tcp"))
+    pbx_address = r.ip_hostport(pb, "pbx", "address")
+
+    m = r.section(data, "media", {"rtpengine"}, required=False)
+    rtp = m.get("rtpengine", []) or []
+    if not isinstance(rtp, list) or not all(isinstance(x, str) for x in rtp):
+        r.err("media.rtpengine", "must be a list of rtpengine addresses like udp:127.0.0.1:22222")
+        rtp = []
+
+    n = r.section(data, "numbers", {"country_code", "international_prefix", "national_prefix"}, required=False)
+    numbers = NumbersSection()
+    if n:
+        cc = n.get("country_code")
+        if cc is not None:
+            cc = str(cc).lstrip("+")
+            if not cc.isdigit() or not 1 <= len(cc) <= 3:
+                r.err("numbers.country_code", f"{n.get('country_code')!r} is not an E.164 country code (1-3 digits, e.g. 44)")
+                cc = None
+        ip = str(n.get("international_prefix", "00"))
+        np_ = str(n.get("national_prefix", "0"))
+        for k, v in (("international_prefix", ip), ("national_prefix", np_)):
+            if v and not v.isdigit():
+                r.err(f"numbers.{k}", f"{v!r} must be digits (e.g. \"00\", \"011\", \"0\")")
+        numbers = NumbersSection(cc, ip, np_)
+
+    lg = r.section(data, "log", {"level"}, required=False)
+    level = r.str_(lg, "log", "level", "info", ("debug", "info", "warning", "error")) or "info"
+
+    if r.errors:
+        raise ConfigError(r.errors)
+    assert fqdn and listen and cert and key and pbx_listen and pbx_transport and pbx_address
+    return Config(
+        sbc=SbcSection(fqdn.lower()),
+        teams=TeamsSection(listen, cert, key, trusted, proxies, port, resolve, signaling_port,
+                           invite_timeout, cloud),
+        pbx=PbxSection(pbx_listen, pbx_transport, pbx_address),
+        media=MediaSection(tuple(rtp)),
+        numbers=numbers,
+        log=LogSection(level),
+        certs_dir=certs_dir,
+        source=source,
+    )

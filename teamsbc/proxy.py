@@ -1,0 +1,589 @@
+"""Stateful proxy mechanics (RFC 3261 section 16), sans-IO.
+
+Bytes and a `Source` go in, `Send` instructions come out; time is passed in as `now`. What
+to do with a request (where it goes, which headers change) is decided by `routing.Router`;
+this module only carries the decision out: transactions, Via, Record-Route, Max-Forwards,
+loop detection, CANCEL, failover between targets, responses back upstream.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .sip.errors import ParseError
+from .sip.grammar import MAGIC_COOKIE
+from .sip.message import Headers, Request, Response, make_response, parse_message
+from .sip.transaction import (ClientTransaction, Deliver, ServerTransaction, TimedOut, Transmit,
+                              TransportFailed, client_key, server_key)
+from .sip.uri import parse_via
+
+log = logging.getLogger("teamsbc.proxy")
+
+TEAMS = "teams"
+PBX = "pbx"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from. `conn` is the shell's connection object on streams."""
+    leg: str                      # TEAMS | PBX
+    transport: str                # udp | tcp | tls
+    addr: tuple[str, int]
+    conn: Any = None
+    peer_name: str | None = None  # verified TLS peer name (Teams side)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where to send. `host` is a name to resolve (Teams side, also the TLS name) or an IP."""
+    leg: str
+    transport: str
+    host: str
+    port: int
+
+
+@dataclass(slots=True)
+class Send:
+    data: bytes
+    to: Source | Destination
+    token: Any = None  # handed back to Proxy.transport_failed() if the send fails
+
+
+# --- decisions the router returns --------------------------------------------------------
+@dataclass(slots=True)
+class Reply:
+    """Answer locally."""
+    status: int
+    reason: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    log: str | None = None  # why, for the log line
+
+
+@dataclass(slots=True)
+class Target:
+    dest: Destination
+    ruri: str
+
+
+@dataclass(slots=True)
+class Forward:
+    """Relay to the targets in order (serial failover). `request` is the rewritten request."""
+    request: Request
+    targets: list[Target]
+    record_route: bool = False
+    failover: bool = False   # try the next target on timeout, transport failure or 503
+
+
+@dataclass(slots=True)
+class Drop:
+    log: str
+
+
+@dataclass(slots=True)
+class Leg:
+    """How the SBC appears on one side: Via sent-by, Record-Route entry, header rewriting."""
+    name: str
+    transport: str
+    via_host: str
+    via_port: int
+    record_route: str
+
+
+FAILOVER_CODES = frozenset({408, 503})
+
+
+class _Server:
+    """A server transaction and where its responses go (the connection or address it came from)."""
+
+    __slots__ = ("st", "src", "key")
+
+    def __init__(self, st: ServerTransaction, src: Source, key: tuple):
+        self.st, self.src, self.key = st, src, key
+
+    @property
+    def terminated(self) -> bool:
+        return self.st.terminated
+
+    def next_timer(self) -> float | None:
+        return self.st.next_timer()
+
+
+class _Relay:
+    """One request being proxied: its server transaction and the current client branch."""
+
+    __slots__ = ("server", "src", "request", "decision", "client", "dest", "index",
+                 "provisional_sent", "cancelled", "deadline", "final_sent", "abandoned",
+                 "call_id", "loop")
+
+    def __init__(self, server: _Server, request: Request, decision: Forward, loop: str):
+        self.loop = loop
+        self.server = server
+        self.src = server.src
+        self.request = request
+        self.decision = decision
+        self.client: ClientTransaction | None = None
+        self.dest: Destination | None = None
+        self.index = -1
+        self.provisional_sent = False
+        self.cancelled = False
+        self.deadline: float | None = None
+        self.final_sent = False
+        self.abandoned: list[ClientTransaction] = []
+        self.call_id = request.call_id
+
+    # the relay is on the timer heap for its failover deadline
+    @property
+    def terminated(self) -> bool:
+        return self.final_sent or self.deadline is None
+
+    def next_timer(self) -> float | None:
+        return self.deadline
+
+
+class Proxy:
+    def __init__(self, router: Any, legs: dict[str, Leg], *, invite_timeout: float = 4.0,
+                 reliable: dict[str, bool] | None = None):
+        self.router = router
+        self.legs = legs
+        self.invite_timeout = invite_timeout
+        self._server: dict[tuple, _Server] = {}
+        self._relays: dict[tuple, _Relay] = {}          # server key -> relay
+        self._client: dict[tuple, tuple[_Relay | None, ClientTransaction, Destination]] = {}
+        self._timers: list[tuple[float, int, Any]] = []
+        self._seq = itertools.count()
+        self._secret = os.urandom(8).hex()
+        self.stats: dict[str, int] = {"requests": 0, "responses": 0, "parse_errors": 0,
+                                      "rejected": 0, "timeouts": 0, "failovers": 0}
+
+    # ---------------------------------------------------------------- entry points
+    def receive(self, data: bytes, src: Source, now: float) -> list[Send]:
+        out: list[Send] = []
+        try:
+            msg = parse_message(data, stream=src.transport != "udp")
+        except ParseError as e:
+            self.stats["parse_errors"] += 1
+            self._answer_unparsable(data, src, e, out)
+            return out
+        try:
+            if isinstance(msg, Request):
+                self.stats["requests"] += 1
+                self._on_request(msg, src, now, out)
+            else:
+                self.stats["responses"] += 1
+                self._on_response(msg, src, now, out)
+        except ParseError as e:
+            # a header we needed later turned out malformed (e.g. a Route URI)
+            self.stats["parse_errors"] += 1
+            log.warning("bad message from %s: %s call_id=%s", src.addr, e.reason, msg.call_id)
+            if isinstance(msg, Request) and msg.method != "ACK":
+                out.append(Send(make_response(msg, e.status, e.reason, self._tag(msg)).to_bytes(), src))
+        return out
+
+    def transport_failed(self, token: Any, now: float) -> list[Send]:
+        out: list[Send] = []
+        entry = self._client.get(token)
+        if entry is None:
+            return out
+        relay, ctx, dest = entry
+        log.warning("transport failure toward %s:%d (%s) call_id=%s", dest.host, dest.port,
+                    dest.transport, ctx.request.call_id)
+        self._client_events(relay, ctx, dest, ctx.transport_error(now), now, out)
+        return out
+
+    def next_timer(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def handle_timer(self, now: float) -> list[Send]:
+        out: list[Send] = []
+        heap = self._timers
+        while heap and heap[0][0] <= now:
+            _, _, obj = heapq.heappop(heap)
+            if obj.terminated:
+                continue
+            due = obj.next_timer()
+            if due is None or due > now:
+                continue
+            if isinstance(obj, _Relay):
+                self._relay_deadline(obj, now, out)
+            elif isinstance(obj, ClientTransaction):
+                entry = self._client.get(obj.key)
+                relay, dest = (entry[0], entry[2]) if entry else (None, None)
+                self._client_events(relay, obj, dest, obj.handle_timer(now), now, out)
+            else:
+                self._server_events(obj, obj.st.handle_timer(now), out)
+            self._schedule(obj)
+        return out
+
+    @property
+    def active_transactions(self) -> int:
+        return len(self._server) + len(self._client)
+
+    # ---------------------------------------------------------------- requests
+    def _on_request(self, req: Request, src: Source, now: float, out: list[Send]) -> None:
+        self._stamp_via(req, src)
+        key = server_key(req)
+        if req.method == "ACK":
+            sv = self._server.get(key)
+            if sv is not None:  # ACK for a non-2xx final: hop-by-hop, ends here (17.2.1)
+                self._server_events(sv, sv.st.receive_request(req, now), out)
+                return
+            self._route_stateless_ack(req, src, out)
+            return
+        sv = self._server.get(key)
+        if sv is not None:  # retransmission
+            self._server_events(sv, sv.st.receive_request(req, now), out)
+            return
+        if req.method == "CANCEL":
+            self._on_cancel(req, src, now, out)
+            return
+
+        reliable = src.transport != "udp"
+        sv = self._server[key] = _Server(ServerTransaction(req, reliable=reliable, now=now), src, key)
+        if req.method == "INVITE":
+            self._respond(sv, self._local_response(req, Reply(100, "Trying"), src.leg), now, out)
+
+        loop = self._loop_hash(req)
+        problem = self._check_forwardable(req, loop)
+        if problem is not None:
+            self._respond(sv, self._local_response(req, Reply(*problem), src.leg), now, out)
+            return
+        decision = self.router.request(req, src)
+        if isinstance(decision, Drop):
+            self.stats["rejected"] += 1
+            log.info("dropped %s from %s:%d: %s call_id=%s", req.method, *src.addr, decision.log, req.call_id)
+            self._server.pop(key, None)
+            return
+        if isinstance(decision, Reply):
+            if decision.status >= 400:
+                self.stats["rejected"] += 1
+                log.info("answered %s from %s:%d with %d %s%s call_id=%s", req.method, *src.addr,
+                         decision.status, decision.reason,
+                         f" ({decision.log})" if decision.log else "", req.call_id)
+            self._respond(sv, self._local_response(req, decision, src.leg), now, out)
+            return
+        relay = _Relay(sv, req, decision, loop)
+        self._relays[key] = relay
+        self._next_target(relay, now, out)
+
+    def _check_forwardable(self, req: Request, loop: str) -> tuple[int, str] | None:
+        """RFC 3261 16.3: Max-Forwards and loop detection, before any routing."""
+        mf = req.headers.get("max-forwards")
+        if mf is not None and int(mf) <= 0:
+            if req.method == "OPTIONS":
+                return None  # 16.3 step 3: we may answer an OPTIONS addressed to us
+            return 483, "Too Many Hops"
+        for v in req.headers.get_all("via")[1:]:
+            if loop in v and self._is_my_via(v):
+                return 482, "Loop Detected"
+        return None
+
+    def _is_my_via(self, value: str) -> bool:
+        try:
+            via = parse_via(value)
+        except ParseError:
+            return False
+        return any(via.host.lower() == leg.via_host.lower() and (via.port or 5060) == leg.via_port
+                   for leg in self.legs.values())
+
+    def _loop_hash(self, req: Request) -> str:
+        # 16.6 step 8: a spiral changes the R-URI, a loop does not.
+        h = hashlib.blake2s(digest_size=6)
+        for part in (req.uri, req.headers.get("from") or "", req.headers.get("to") or "",
+                     req.call_id, str(req.cseq.number), self._secret):
+            h.update(part.encode())
+            h.update(b"\0")
+        return h.hexdigest()
+
+    def _stamp_via(self, req: Request, src: Source) -> None:
+        """RFC 3261 18.2.1 received= and RFC 3581 rport on the top Via."""
+        via = req.top_via
+        changed = False
+        if via.host.strip("[]") != src.addr[0]:
+            via.params["received"] = src.addr[0]
+            changed = True
+        if "rport" in via.params and via.params["rport"] is None:
+            via.params["rport"] = str(src.addr[1])
+            changed = True
+        if changed:
+            vias = req.headers.get_all("via")
+            vias[0] = str(via)
+            req.headers.replace_all("via", vias)
+
+    def _on_cancel(self, cancel: Request, src: Source, now: float, out: list[Send]) -> None:
+        """RFC 3261 16.10: answer the CANCEL, cancel the pending branch."""
+        key = server_key(cancel)
+        invite_key = key[:-1] + ("INVITE",)
+        relay = self._relays.get(invite_key)
+        csv = self._server[key] = _Server(ServerTransaction(cancel, reliable=src.transport != "udp", now=now), src, key)
+        if relay is None:
+            self._respond(csv, make_response(cancel, 481, "Call/Transaction Does Not Exist"), now, out)
+            return
+        self._respond(csv, make_response(cancel, 200, "OK"), now, out)
+        relay.cancelled = True
+        relay.deadline = None
+        if relay.client is not None and relay.client.state == "proceeding":
+            self._send_cancel(relay.client, relay.dest, now, out)
+        elif relay.client is None and not relay.final_sent:
+            relay.final_sent = True
+            self._respond(relay.server, self._local_response(
+                relay.request, Reply(487, "Request Terminated"), src.leg), now, out)
+
+    def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list[Send]) -> None:
+        if dest is None:
+            return
+        orig = ctx.request
+        h = Headers()
+        h.add("via", orig.headers.get("via") or "")
+        for r in orig.headers.get_all("route"):
+            h.add("route", r)
+        h.add("max-forwards", "70")
+        for name in ("from", "to", "call-id"):
+            h.add(name, orig.headers.get(name) or "")
+        h.add("cseq", f"{orig.cseq.number} CANCEL")
+        cancel = Request("CANCEL", orig.uri, h)
+        cctx = ClientTransaction(cancel, reliable=dest.transport != "udp", now=now)
+        self._client[cctx.key] = (None, cctx, dest)
+        self._client_events(None, cctx, dest, cctx.start(), now, out)
+
+    def _route_stateless_ack(self, ack: Request, src: Source, out: list[Send]) -> None:
+        """ACK for a 2xx is its own end-to-end request (17.1.1.3): route it, no transaction."""
+        decision = self.router.request(ack, src)
+        if not isinstance(decision, Forward) or not decision.targets:
+            log.info("ACK from %s:%d not routable: %s call_id=%s", *src.addr,
+                     getattr(decision, "log", None) or getattr(decision, "reason", ""), ack.call_id)
+            return
+        target = decision.targets[0]
+        req = decision.request
+        incoming_branch = ack.top_via.branch or ""
+        branch = MAGIC_COOKIE + "-" + hashlib.blake2s((incoming_branch + self._secret).encode(),
+                                                      digest_size=8).hexdigest()
+        self._prepare_branch(req, target, branch, record_route=False)
+        out.append(Send(req.to_bytes(), target.dest))
+
+    # ---------------------------------------------------------------- branches
+    def _next_target(self, relay: _Relay, now: float, out: list[Send]) -> None:
+        d = relay.decision
+        relay.index += 1
+        if relay.index >= len(d.targets):
+            return
+        target = d.targets[relay.index]
+        req = _copy_request(d.request)
+        branch = f"{MAGIC_COOKIE}-{relay.loop}.{os.urandom(5).hex()}"
+        self._prepare_branch(req, target, branch, record_route=d.record_route)
+        ctx = ClientTransaction(req, reliable=target.dest.transport != "udp", now=now)
+        relay.client, relay.dest = ctx, target.dest
+        self._client[ctx.key] = (relay, ctx, target.dest)
+        if d.failover and relay.index + 1 < len(d.targets):
+            relay.deadline = now + self.invite_timeout
+            self._schedule(relay)
+        else:
+            relay.deadline = None
+        self._client_events(relay, ctx, target.dest, ctx.start(), now, out)
+
+    def _prepare_branch(self, req: Request, target: Target, branch: str, record_route: bool) -> None:
+        out_leg = self.legs[target.dest.leg]
+        req.uri = target.ruri
+        h = req.headers
+        mf = h.get("max-forwards")
+        h.set("max-forwards", str(int(mf) - 1) if mf is not None else "70")
+        if record_route:
+            # RFC 5658 double Record-Route: the entry for the incoming leg below, the one for
+            # the outgoing leg on top (the downstream UAS uses the top one first).
+            in_leg = self.legs[PBX if target.dest.leg == TEAMS else TEAMS]
+            h.add_first("record-route", in_leg.record_route)
+            h.add_first("record-route", out_leg.record_route)
+        params = f";branch={branch}" + (";rport" if out_leg.transport == "udp" else "")
+        h.add_first("via", f"SIP/2.0/{out_leg.transport.upper()} {out_leg.via_host}:{out_leg.via_port}{params}")
+        self.router.outgoing(req, target.dest.leg)
+
+    def _relay_deadline(self, relay: _Relay, now: float, out: list[Send]) -> None:
+        """No answer at all from this target within invite_timeout: fail over (reference 5)."""
+        relay.deadline = None
+        ctx = relay.client
+        if ctx is None or ctx.state not in ("calling", "trying") or relay.cancelled:
+            return
+        log.warning("no answer from %s within %.1fs, failing over call_id=%s",
+                    relay.dest.host if relay.dest else "?", self.invite_timeout, relay.call_id)
+        relay.abandoned.append(ctx)
+        self.stats["failovers"] += 1
+        self._next_target(relay, now, out)
+
+    def _client_events(self, relay: _Relay | None, ctx: ClientTransaction, dest: Destination | None,
+                       events: list, now: float, out: list[Send]) -> None:
+        for ev in events:
+            if isinstance(ev, Transmit):
+                out.append(Send(ev.message.to_bytes(), dest, ctx.key))
+            elif isinstance(ev, Deliver):
+                if relay is not None:
+                    self._on_branch_response(relay, ctx, ev.response, now, out)
+            elif isinstance(ev, TimedOut):
+                self.stats["timeouts"] += 1
+                if relay is not None:
+                    self._on_branch_response(relay, ctx, make_response(
+                        ctx.request, 408, "Request Timeout", self._tag(ctx.request)), now, out)
+            elif isinstance(ev, TransportFailed):
+                if relay is not None:
+                    self._on_branch_response(relay, ctx, make_response(
+                        ctx.request, 503, "Service Unavailable", self._tag(ctx.request)), now, out)
+        if ctx.terminated:
+            self._client.pop(ctx.key, None)
+        else:
+            self._schedule(ctx)
+
+    def _on_branch_response(self, relay: _Relay, ctx: ClientTransaction, resp: Response,
+                            now: float, out: list[Send]) -> None:
+        status = resp.status
+        if ctx in relay.abandoned:
+            if status < 200 and status != 100:
+                self._send_cancel(ctx, self._client.get(ctx.key, (None, None, None))[2], now, out)
+            elif 200 <= status < 300:
+                log.error("late 2xx from an abandoned Teams proxy call_id=%s", relay.call_id)
+            return
+        if ctx is relay.client and relay.deadline is not None:
+            relay.deadline = None  # the target answered: no failover on silence any more
+        if status == 100:
+            return
+        if relay.cancelled and status < 200 and ctx.state == "proceeding":
+            self._send_cancel(ctx, relay.dest, now, out)
+        if status < 200:
+            if relay.final_sent:
+                return
+            relay.provisional_sent = True
+            self._upstream(relay, resp, now, out)
+            return
+        if status < 300:
+            self._upstream(relay, resp, now, out)  # every 2xx goes up (RFC 6026)
+            relay.final_sent = True
+            return
+        if relay.final_sent:
+            return
+        d = relay.decision
+        if (d.failover and status in FAILOVER_CODES and not relay.provisional_sent
+                and not relay.cancelled and relay.index + 1 < len(d.targets)):
+            log.warning("%d %s from %s, failing over call_id=%s", status, resp.reason,
+                        relay.dest.host if relay.dest else "?", relay.call_id)
+            self.stats["failovers"] += 1
+            self._next_target(relay, now, out)
+            return
+        self._final_upstream(relay, resp, now, out)
+
+    def _final_upstream(self, relay: _Relay, resp: Response, now: float, out: list[Send]) -> None:
+        relay.final_sent = True
+        relay.deadline = None
+        self._upstream(relay, resp, now, out)
+
+    def _upstream(self, relay: _Relay, resp: Response, now: float, out: list[Send]) -> None:
+        """16.7: forward a response to the request's sender through the server transaction."""
+        up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
+        up.headers.pop_first("via")
+        if up.headers.get("via") is None:
+            return
+        self.router.outgoing(up, relay.src.leg)
+        self._respond(relay.server, up, now, out)
+
+    # ---------------------------------------------------------------- responses
+    def _on_response(self, resp: Response, src: Source, now: float, out: list[Send]) -> None:
+        entry = self._client.get(client_key(resp))
+        if entry is None:
+            self._stray_response(resp, src, out)
+            return
+        relay, ctx, dest = entry
+        self._client_events(relay, ctx, dest, ctx.receive_response(resp, now), now, out)
+
+    def _stray_response(self, resp: Response, src: Source, out: list[Send]) -> None:
+        """A 2xx to INVITE whose transaction is gone (restart, late retransmission) is still
+        forwarded along its Via (RFC 3261 16.7 step 10 / 18.2.2); anything else is dropped."""
+        if not (200 <= resp.status < 300 and resp.cseq.method == "INVITE"):
+            return
+        vias = resp.headers.get_all("via")
+        if len(vias) < 2 or not self._is_my_via(vias[0]):
+            return
+        up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
+        up.headers.pop_first("via")
+        dest = self.router.response_destination(up, src)
+        if dest is None:
+            return
+        self.router.outgoing(up, dest.leg)
+        out.append(Send(up.to_bytes(), dest))
+
+    # ---------------------------------------------------------------- local answers
+    def _respond(self, sv: "_Server", resp: Response, now: float, out: list[Send]) -> None:
+        self._server_events(sv, sv.st.send_response(resp, now), out)
+
+    def _server_events(self, sv: "_Server", events: list, out: list[Send]) -> None:
+        for ev in events:
+            if isinstance(ev, Transmit):
+                out.append(Send(ev.message.to_bytes(), sv.src))
+            elif isinstance(ev, TimedOut):
+                self.stats["timeouts"] += 1
+                log.warning("no ACK for final response call_id=%s", sv.st.request.call_id)
+        if sv.st.terminated:
+            self._server.pop(sv.key, None)
+            self._relays.pop(sv.key, None)
+        else:
+            self._schedule(sv)
+
+    def _local_response(self, req: Request, reply: Reply, leg: str) -> Response:
+        resp = make_response(req, reply.status, reply.reason, self._tag(req))
+        for name, value in reply.headers:
+            resp.headers.add(name.lower(), value)
+        self.router.outgoing(resp, leg)
+        return resp
+
+    def _tag(self, req: Request) -> str:
+        return hashlib.blake2s((req.call_id + self._secret).encode(), digest_size=6).hexdigest()
+
+    def _answer_unparsable(self, data: bytes, src: Source, err: ParseError, out: list[Send]) -> None:
+        """Bad input never crashes anything: answer 400 when a response can be built, else log."""
+        resp = bare_error_response(data, err)
+        log.info("unparsable message from %s:%d (%s): %s", src.addr[0], src.addr[1], src.transport,
+                 err.reason)
+        if resp is not None:
+            out.append(Send(resp, src))
+
+    def _schedule(self, obj: Any) -> None:
+        t = obj.next_timer()
+        if t is not None and not obj.terminated:
+            heapq.heappush(self._timers, (t, next(self._seq), obj))
+
+
+def _copy_request(req: Request) -> Request:
+    return Request(req.method, req.uri, req.headers.copy(), req.body)
+
+
+def bare_error_response(data: bytes, err: ParseError) -> bytes | None:
+    """Build `400 <reason>` from the raw header lines when the message is a request and the
+    headers a response needs can be found; None otherwise (responses are never answered)."""
+    head = data.split(b"\r\n\r\n", 1)[0][:8192]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    if not lines or lines[0].startswith("SIP/") or " " not in lines[0]:
+        return None
+    wanted = {"via": [], "v": [], "from": [], "f": [], "to": [], "t": [], "call-id": [], "i": [], "cseq": []}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        k = name.strip().lower()
+        if colon and k in wanted:
+            wanted[k].append(value.strip())
+    vias = wanted["via"] + wanted["v"]
+    fr = (wanted["from"] + wanted["f"])[:1]
+    to = (wanted["to"] + wanted["t"])[:1]
+    cid = (wanted["call-id"] + wanted["i"])[:1]
+    cseq = wanted["cseq"][:1]
+    if not (vias and fr and to and cid and cseq):
+        return None
+    if any(c in v for v in vias + fr + to + cid + cseq for c in "\r\n\0"):
+        return None
+    out = [f"SIP/2.0 {err.status} {err.reason}"]
+    out += [f"Via: {v}" for v in vias]
+    out += [f"From: {fr[0]}", f"To: {to[0]}", f"Call-ID: {cid[0]}", f"CSeq: {cseq[0]}",
+            "Content-Length: 0", "", ""]
+    return "\r\n".join(out).encode()

@@ -1,0 +1,150 @@
+"""What Teams demands of every message the SBC sends it (reference sections 3, 5, 7).
+
+Pure functions over message objects; the proxy calls them on the Teams leg.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from . import MODEL, __version__
+from .config import Config, NumbersSection
+from .sip.errors import ParseError
+from .sip.message import Message, Request
+from .sip.uri import NameAddr, SipUri, parse_name_addr, parse_uri, split_quoted
+
+X_MS_SBC = f"teamsbc/{MODEL}/{__version__}"
+
+# The original Contact of the PBX travels inside the FQDN Contact we give Teams, so Teams'
+# in-dialog requests can be routed back without any state in the SBC (survives restarts).
+CONTACT_PARAM = "x-tsbc-c"
+
+TEAMS_DOMAINS = (".pstnhub.microsoft.com", ".pstnhub.gov.teams.microsoft.us",
+                 ".pstnhub.dod.teams.microsoft.us")
+
+ALLOW_TOWARD_TEAMS = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, INFO"
+
+
+def encode_contact(original_uri: str) -> str:
+    return base64.urlsafe_b64encode(original_uri.encode()).rstrip(b"=").decode()
+
+
+def decode_contact(value: str) -> str | None:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        text = raw.decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    try:
+        parse_uri(text)
+    except ParseError:
+        return None
+    return text
+
+
+class TeamsIdentity:
+    """The SBC as Teams sees it: FQDN, signalling port, which hosts are Teams."""
+
+    def __init__(self, config: Config):
+        self.fqdn = config.sbc.fqdn
+        self.port = config.teams.signaling_port
+        self._teams_hosts = set(config.teams.proxies) | set(config.teams.resolve)
+
+    @property
+    def record_route(self) -> str:
+        return f"<sip:{self.fqdn}:{self.port};transport=tls;lr;r2=on>"
+
+    def is_teams_host(self, host: str) -> bool:
+        h = host.lower().rstrip(".")
+        return h in self._teams_hosts or h.endswith(TEAMS_DOMAINS)
+
+    def is_me(self, uri: SipUri) -> bool:
+        return uri.host.lower().rstrip(".") == self.fqdn and (uri.port or 5061) == self.port
+
+    def contact_for(self, value: str) -> str:
+        """Rewrite one Contact value to the SBC FQDN, carrying the original URI along."""
+        na = parse_name_addr(value)
+        if na.uri.startswith("<") or na.uri == "*":
+            return value
+        try:
+            orig = parse_uri(na.uri)
+        except ParseError:
+            return value
+        if orig.host.lower() == self.fqdn:
+            return value  # already ours (our own keep-alive answer, or a spiral)
+        user = f"{orig.user}@" if orig.user else ""
+        new = f"sip:{user}{self.fqdn}:{self.port};transport=tls;{CONTACT_PARAM}={encode_contact(na.uri)}"
+        return str(NameAddr(new, na.display, na.params))
+
+    def original_target(self, ruri: SipUri) -> str | None:
+        """The PBX contact hidden in a Request-URI we handed out as Contact, or None."""
+        v = ruri.params.get(CONTACT_PARAM)
+        if v is None or ruri.host.lower() != self.fqdn:
+            return None
+        return decode_contact(v)
+
+
+def rewrite_toward_teams(msg: Message, ident: TeamsIdentity) -> None:
+    """Headers every message to Teams must carry (reference 3, 4, 5, 7)."""
+    h = msg.headers
+    contacts = h.get_all("contact")
+    if contacts:
+        h.replace_all("contact", [ident.contact_for(c) for c in contacts])
+    h.set("x-ms-sbc", X_MS_SBC)
+    if "allow" in h:
+        h.set("allow", strip_refer(h.get("allow") or ""))
+    if isinstance(msg, Request):
+        h.remove("replaces")  # Teams refuses Replaces from an SBC (since April 2022)
+        for name in ("supported", "require"):
+            v = h.get(name)
+            if v is not None:
+                opts = [o.strip() for o in v.split(",") if o.strip() and o.strip().lower() != "replaces"]
+                if opts:
+                    h.set(name, ", ".join(opts))
+                else:
+                    h.remove(name)
+
+
+def strip_refer(allow: str) -> str:
+    """Teams transfers by itself when REFER is not in our Allow (reference 7)."""
+    return ", ".join(m.strip() for m in allow.split(",") if m.strip() and m.strip().upper() != "REFER")
+
+
+_VISUAL = re.compile(r"[\s\-.()]")
+
+
+def to_e164(user: str, rules: NumbersSection) -> str | None:
+    """A dialled/caller number as +E.164, or None when `user` is not a phone number."""
+    core, sep, rest = user.partition(";")  # ;phone-context=... and the like (RFC 3966)
+    digits = _VISUAL.sub("", core)
+    if digits.startswith("+"):
+        return digits if digits[1:].isdigit() and 3 <= len(digits) <= 16 else None
+    if not digits.isdigit():
+        return None
+    ip, np_, cc = rules.international_prefix, rules.national_prefix, rules.country_code
+    if ip and digits.startswith(ip):
+        out = digits[len(ip):]
+    elif cc and np_ and digits.startswith(np_):
+        out = cc + digits[len(np_):]
+    else:
+        out = digits  # already international without the '+'
+    return "+" + out if 2 <= len(out) <= 15 else None
+
+
+def e164_address(value: str, host: str, rules: NumbersSection) -> str:
+    """From/To/P-Asserted-Identity toward Teams: +E.164 user, `user=phone`, our host."""
+    na = parse_name_addr(value)
+    try:
+        uri = parse_uri(na.uri)
+    except ParseError:
+        return value
+    number = to_e164(uri.user or "", rules)
+    if number is None:
+        return value
+    new = SipUri("sip", number, host, None, None, {"user": "phone"})
+    return str(NameAddr(str(new), na.display, na.params))
+
+
+def list_values(value: str) -> list[str]:
+    return [v.strip() for v in split_quoted(value, ",") if v.strip()]

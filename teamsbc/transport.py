@@ -1,0 +1,247 @@
+"""The asyncio shell: sockets, TLS, connections and the timer that drives the sans-IO proxy.
+
+Everything protocol-shaped happens in `proxy.Proxy`; this module moves bytes:
+- PBX leg: a UDP socket (requests and responses both use it, so the PBX sees one address)
+  or a TCP listener plus outbound TCP connections reused per destination.
+- Teams leg: a TLS listener for connections Teams opens (they carry Teams' requests and our
+  responses), and our own outbound TLS connections for our requests (reference section 2:
+  connections are one-way), presenting our certificate, SNI = the Teams FQDN.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Any
+
+from .config import Config, HostPort
+from .proxy import PBX, TEAMS, Destination, Proxy, Send, Source, bare_error_response
+from .sip.errors import ParseError
+from .sip.message import KEEPALIVE_PING, StreamFramer
+
+log = logging.getLogger("teamsbc.transport")
+
+CONNECT_TIMEOUT = 5.0
+TLS_HANDSHAKE_TIMEOUT = 5.0
+
+
+class StreamConn(asyncio.Protocol):
+    """One TCP or TLS connection, inbound or outbound, framed by Content-Length."""
+
+    def __init__(self, shell: "Shell", leg: str, proto: str, key: tuple | None = None):
+        self.shell, self.leg, self.proto, self.key = shell, leg, proto, key
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.src: Source | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.src = Source(self.leg, self.proto, (peer[0], peer[1]), self)
+        self.shell.conns.add(self)
+        if self.key is None:
+            log.debug("connection from %s:%d on the %s leg (%s)", peer[0], peer[1], self.leg, self.proto)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.framer.feed(data)
+        except ParseError as e:
+            self.shell.framing_error(self, data, e)
+            return
+        for frame in frames:
+            if frame is KEEPALIVE_PING:
+                self.write(b"\r\n")  # RFC 5626 4.4.1 pong
+            else:
+                self.shell.deliver(frame, self.src)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.shell.conn_lost(self)
+
+    def write(self, data: bytes) -> bool:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return False
+        self.transport.write(data)
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, shell: "Shell", leg: str):
+        self.shell, self.leg = shell, leg
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
+            return  # keep-alive noise on UDP
+        self.shell.deliver(data, Source(self.leg, "udp", (addr[0], addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error on the %s leg: %s", self.leg, exc)
+
+
+class Shell:
+    def __init__(self, config: Config, proxy: Proxy, server_ctx: ssl.SSLContext,
+                 client_ctx: ssl.SSLContext):
+        self.config = config
+        self.proxy = proxy
+        self.server_ctx = server_ctx
+        self.client_ctx = client_ctx
+        self.loop = asyncio.get_running_loop()
+        self.conns: set[StreamConn] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._udp: UdpEndpoint | None = None
+        self._pool: dict[tuple, StreamConn] = {}
+        self._connecting: dict[tuple, list[tuple[bytes, Any]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        c = self.config
+        tl = c.teams.listen
+        self._servers.append(await self.loop.create_server(
+            lambda: StreamConn(self, TEAMS, "tls"), tl.host, tl.port, ssl=self.server_ctx,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT, reuse_address=True))
+        pl = c.pbx.listen
+        if c.pbx.transport == "udp":
+            _, proto = await self.loop.create_datagram_endpoint(
+                lambda: UdpEndpoint(self, PBX), local_addr=(pl.host, pl.port))
+            self._udp = proto
+        else:
+            self._servers.append(await self.loop.create_server(
+                lambda: StreamConn(self, PBX, "tcp"), pl.host, pl.port, reuse_address=True))
+        log.info("listening: teams tls %s, pbx %s %s -> pbx trunk %s", tl, c.pbx.transport, pl, c.pbx.address)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful: stop accepting, let transactions in progress finish (bounded), close."""
+        for s in self._servers:
+            s.close()
+        deadline = self.loop.time() + grace
+        while self.proxy.active_transactions and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._timer:
+            self._timer.cancel()
+        for conn in list(self.conns):
+            conn.close()
+        if self._udp and self._udp.transport:
+            self._udp.transport.close()
+        for s in self._servers:
+            await s.wait_closed()
+
+    # ------------------------------------------------------------------ proxy glue
+    def deliver(self, data: bytes, src: Source) -> None:
+        self.dispatch(self.proxy.receive(data, src, self.loop.time()))
+
+    def dispatch(self, sends: list[Send]) -> None:
+        for s in sends:
+            to = s.to
+            if isinstance(to, Source):
+                self._send_to_source(s.data, to)
+            else:
+                self._send_to_destination(s.data, to, s.token)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        t = self.proxy.next_timer()
+        if t is None:
+            return
+        if self._timer is None or self._timer.cancelled() or t < self._timer_at or self._timer_at <= self.loop.time():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = t
+            self._timer = self.loop.call_at(t, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.dispatch(self.proxy.handle_timer(self.loop.time()))
+
+    def framing_error(self, conn: StreamConn, data: bytes, err: ParseError) -> None:
+        log.warning("closing %s connection from %s:%d: %s", conn.proto, *conn.src.addr, err.reason)  # type: ignore[union-attr]
+        resp = bare_error_response(data, err)
+        if resp is not None:
+            conn.write(resp)
+        conn.close()
+
+    def conn_lost(self, conn: StreamConn) -> None:
+        self.conns.discard(conn)
+        if conn.key is not None and self._pool.get(conn.key) is conn:
+            del self._pool[conn.key]
+
+    # ------------------------------------------------------------------ sending
+    def _send_to_source(self, data: bytes, src: Source) -> None:
+        if src.conn is not None:
+            if not src.conn.write(data):
+                log.info("connection to %s:%d gone, response dropped", *src.addr)
+        elif self._udp and self._udp.transport:
+            self._udp.transport.sendto(data, src.addr)
+
+    def _send_to_destination(self, data: bytes, dest: Destination, token: Any) -> None:
+        if dest.transport == "udp":
+            if self._udp and self._udp.transport:
+                self._udp.transport.sendto(data, (dest.host, dest.port))
+            return
+        key = (dest.leg, dest.transport, dest.host, dest.port)
+        conn = self._pool.get(key)
+        if conn is not None and not conn.closed:
+            conn.write(data)
+            return
+        waiting = self._connecting.get(key)
+        if waiting is not None:
+            waiting.append((data, token))
+            return
+        self._connecting[key] = [(data, token)]
+        self.loop.create_task(self._connect(key, dest))
+
+    async def _connect(self, key: tuple, dest: Destination) -> None:
+        try:
+            if dest.leg == TEAMS:
+                hp = self.config.teams.resolve.get(dest.host) or await self._resolve(dest.host, dest.port)
+                conn = StreamConn(self, TEAMS, "tls", key)
+                await asyncio.wait_for(self.loop.create_connection(
+                    lambda: conn, hp.host, hp.port, ssl=self.client_ctx, server_hostname=dest.host,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT), CONNECT_TIMEOUT + TLS_HANDSHAKE_TIMEOUT)
+            else:
+                conn = StreamConn(self, PBX, dest.transport, key)
+                await asyncio.wait_for(self.loop.create_connection(lambda: conn, dest.host, dest.port),
+                                       CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+            reason = _describe(e)
+            log.warning("cannot connect to %s:%d (%s) on the %s leg: %s", dest.host, dest.port,
+                        dest.transport, dest.leg, reason)
+            pending = self._connecting.pop(key, [])
+            now = self.loop.time()
+            sends: list[Send] = []
+            for _, token in pending:
+                if token is not None:
+                    sends += self.proxy.transport_failed(token, now)
+            self.dispatch(sends)
+            return
+        self._pool[key] = conn
+        for data, _ in self._connecting.pop(key, []):
+            conn.write(data)
+
+    async def _resolve(self, host: str, port: int) -> HostPort:
+        infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"{host} does not resolve")
+        addr = infos[0][4]
+        return HostPort(addr[0], addr[1])
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {e.verify_message}"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake failed: {e.reason or e}"
+    return e.strerror or str(e)
