@@ -465,7 +465,7 @@ class Proxy:
         d = relay.decision
         if (d.failover and status in FAILOVER_CODES and not relay.provisional_sent
                 and not relay.cancelled and relay.index + 1 < len(d.targets)):
-            log.warning("%d %s from %s, failing over call_id=%s", status, resp.reason,
+            log.warning("failing over after %d %s for %s call_id=%s", status, resp.reason,
                         relay.dest.host if relay.dest else "?", relay.call_id)
             self.stats["failovers"] += 1
             self._next_target(relay, now, out)

@@ -61,7 +61,8 @@ class Router:
             return Reply(405, "Method Not Allowed", [("Allow", ALLOW_PBX)])
         number = to_e164(req.ruri.user or "", self.config.numbers)
         if number is None:
-            return Reply(484, "Address Incomplete", log=f"{req.ruri.user!r} is not a phone number")
+            return Reply(484, "Address Incomplete", log=f"{req.ruri.user!r} cannot be made +E.164 "
+                         "(not a number, or a national number without numbers.country_code)")
         self.normalise_numbers(req)
         targets = [Target(self.teams_dest(proxy), f"sip:{number}@{proxy}:{self.config.teams.port};user=phone;transport=tls")
                    for proxy in self.config.teams.proxies]

@@ -119,7 +119,7 @@ def to_e164(user: str, rules: NumbersSection) -> str | None:
     core, sep, rest = user.partition(";")  # ;phone-context=... and the like (RFC 3966)
     digits = _VISUAL.sub("", core)
     if digits.startswith("+"):
-        return digits if digits[1:].isdigit() and 3 <= len(digits) <= 16 else None
+        return digits if digits[1:].isdigit() and 3 <= len(digits) - 1 <= 15 else None
     if not digits.isdigit():
         return None
     ip, np_, cc = rules.international_prefix, rules.national_prefix, rules.country_code
@@ -129,7 +129,9 @@ def to_e164(user: str, rules: NumbersSection) -> str | None:
         out = cc + digits[len(np_):]
     else:
         out = digits  # already international without the '+'
-    return "+" + out if 2 <= len(out) <= 15 else None
+    if out.startswith("0"):
+        return None  # no country code starts with 0: the national prefix needs numbers.country_code
+    return "+" + out if 3 <= len(out) <= 15 else None  # E.164: at most 15 digits
 
 
 def e164_address(value: str, host: str, rules: NumbersSection) -> str:

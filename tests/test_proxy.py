@@ -301,3 +301,19 @@ def test_udp_retransmission_absorbed_and_100_resent(proxy):
     assert len(first) == 2
     s, r = only(again)
     assert r.status == 100 and s.to == PBX_SRC
+
+
+@pytest.mark.parametrize("user,cc,expected", [
+    ("+442071234567", None, "+442071234567"),
+    ("00442071234567", None, "+442071234567"),
+    ("02071234567", "44", "+442071234567"),
+    ("02071234567", None, None),          # national number, no country code configured
+    ("442071234567", None, "+442071234567"),
+    ("+44 (20) 7123-4567", None, "+442071234567"),
+    ("alice", "44", None),
+    ("+12", None, None),
+])
+def test_e164_rules(user, cc, expected):
+    from teamsbc.config import NumbersSection
+    from teamsbc.teams import to_e164
+    assert to_e164(user, NumbersSection(country_code=cc)) == expected
