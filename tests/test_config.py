@@ -1,0 +1,132 @@
+"""Config validation: typed objects out, precise errors (file, key, what is wrong, what is right)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from teamsbc import config as cfg
+
+GOOD = """
+sbc:   {fqdn: sbc.example.com}
+teams:
+  listen: 0.0.0.0:5061
+  certificate: certs/live/sbc.example.com/fullchain.pem
+  private_key: certs/live/sbc.example.com/privkey.pem
+  trusted_ca: null
+  proxies: [sip.pstnhub.microsoft.com, sip2.pstnhub.microsoft.com, sip3.pstnhub.microsoft.com]
+  port: 5061
+  resolve: {}
+pbx:
+  listen: 10.0.0.5:5060
+  transport: udp
+  address: 10.0.0.10:5060
+media:
+  rtpengine: []
+"""
+
+
+@pytest.fixture
+def confdir(tmp_path: Path) -> Path:
+    live = tmp_path / "certs" / "live" / "sbc.example.com"
+    live.mkdir(parents=True)
+    (live / "fullchain.pem").write_text("x")
+    (live / "privkey.pem").write_text("x")
+    return tmp_path
+
+
+def write(d: Path, text: str) -> Path:
+    p = d / "teamsbc.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_issue_contract_keys_load(confdir):
+    c = cfg.load(write(confdir, GOOD))
+    assert c.sbc.fqdn == "sbc.example.com"
+    assert c.teams.listen == cfg.HostPort("0.0.0.0", 5061)
+    assert c.teams.certificate == confdir / "certs/live/sbc.example.com/fullchain.pem"
+    assert c.teams.trusted_ca is None
+    assert c.teams.proxies == ("sip.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com", "sip3.pstnhub.microsoft.com")
+    assert c.teams.port == 5061 and c.teams.resolve == {} and c.teams.signaling_port == 5061
+    assert c.pbx == cfg.PbxSection(cfg.HostPort("10.0.0.5", 5060), "udp", cfg.HostPort("10.0.0.10", 5060))
+    assert c.media.rtpengine == ()
+
+
+def test_certificate_defaults_to_live_files_of_fqdn(confdir):
+    text = GOOD.replace("  certificate: certs/live/sbc.example.com/fullchain.pem\n", "").replace(
+        "  private_key: certs/live/sbc.example.com/privkey.pem\n", "")
+    c = cfg.load(write(confdir, text))
+    assert c.teams.certificate == confdir / "certs" / "live" / "sbc.example.com" / "fullchain.pem"
+    assert c.teams.private_key == confdir / "certs" / "live" / "sbc.example.com" / "privkey.pem"
+
+
+def test_resolve_override(confdir):
+    c = cfg.load(write(confdir, GOOD.replace("resolve: {}", "resolve: {sip.pstnhub.microsoft.com: \"127.0.0.1:15061\", Sip-Du-A-Us.pstnhub.microsoft.com: 127.0.0.1}")))
+    assert c.teams.resolve == {"sip.pstnhub.microsoft.com": cfg.HostPort("127.0.0.1", 15061),
+                               "sip-du-a-us.pstnhub.microsoft.com": cfg.HostPort("127.0.0.1", 5061)}
+
+
+@pytest.mark.parametrize("change,expected", [
+    (("fqdn: sbc.example.com", "fqdn: 10.0.0.5"), "sbc.fqdn: '10.0.0.5' is not a fully qualified domain name"),
+    (("transport: udp", "transport: sctp"), "pbx.transport: 'sctp' is not one of udp, tcp"),
+    (("address: 10.0.0.10:5060", "address: pbx.local:5060"), "pbx.address: 'pbx.local' must be an IP address"),
+    (("address: 10.0.0.10:5060", "address: 10.0.0.10"), "pbx.address: '10.0.0.10' has no port"),
+    (("listen: 10.0.0.5:5060", "listen: 10.0.0.5:99999"), "pbx.listen: port 99999 out of range 1-65535"),
+    (("port: 5061\n", "port: tls\n"), "teams.port: must be a number between 1 and 65535, got 'tls'"),
+    (("proxies: [sip.pstnhub", "proxies: [sip-all.pstnhub.microsoft.com, sip.pstnhub"), "teams.proxies[0]: sip-all.pstnhub.microsoft.com was retired in 2022"),
+    (("trusted_ca: null", "trusted_ca: /nonexistent/ca.pem"), "teams.trusted_ca: file '/nonexistent/ca.pem' does not exist"),
+    (("media:", "medya:"), "medya: unknown section"),
+    (("  port: 5061\n", "  port: 5061\n  sip_port: 5061\n"), "teams.sip_port: unknown key"),
+])
+def test_each_error_names_file_key_and_fix(confdir, change, expected):
+    path = write(confdir, GOOD.replace(*change))
+    with pytest.raises(cfg.ConfigError) as ei:
+        cfg.load(path)
+    assert any(e.startswith(f"{path}: ") and expected in e for e in ei.value.errors), ei.value.errors
+
+
+def test_all_errors_reported_at_once(confdir):
+    bad = GOOD.replace("transport: udp", "transport: sctp").replace("fqdn: sbc.example.com", "fqdn: x")
+    with pytest.raises(cfg.ConfigError) as ei:
+        cfg.load(write(confdir, bad))
+    assert len(ei.value.errors) >= 2
+
+
+def test_yaml_syntax_error_has_line(confdir):
+    with pytest.raises(cfg.ConfigError) as ei:
+        cfg.load(write(confdir, "sbc: {fqdn: [unclosed\n"))
+    assert "line 2" in ei.value.errors[0] or "line 1" in ei.value.errors[0]
+    assert "not valid YAML" in ei.value.errors[0]
+
+
+def run_cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "teamsbc", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd, env=env)
+
+
+def test_cli_check_exit_codes(confdir):
+    ok = run_cli("check", "-c", str(write(confdir, GOOD)))
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+    bad = run_cli("check", "-c", str(write(confdir, GOOD.replace("transport: udp", "transport: sctp"))))
+    assert bad.returncode == 2
+    assert "pbx.transport: 'sctp' is not one of udp, tcp" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = run_cli("check", "-c", str(confdir / "nope.yaml"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_cli_run_with_bad_config_exits_2_without_traceback(confdir):
+    r = run_cli("run", "-c", str(write(confdir, GOOD.replace("fqdn: sbc.example.com", "fqdn: nope"))))
+    assert r.returncode == 2 and "sbc.fqdn" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_run_with_unusable_certificate_exits_2(confdir):
+    # the files exist but are not PEM: a clear TLS error before any socket is opened
+    r = run_cli("run", "-c", str(write(confdir, GOOD)))
+    assert r.returncode == 2, r.stderr
+    assert "TLS setup failed" in r.stderr and "Traceback" not in r.stderr
