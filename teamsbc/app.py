@@ -37,6 +37,6 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
     if ready:
         ready.set()
     await stop.wait()
-    log.info("stopping: draining %d transactions", proxy.active_transactions)
+    log.info("stopping: draining %d pending requests", proxy.pending_requests)
     await shell.stop()
     log.info("stopped")

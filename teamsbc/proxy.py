@@ -223,6 +223,11 @@ class Proxy:
     def active_transactions(self) -> int:
         return len(self._server) + len(self._client)
 
+    @property
+    def pending_requests(self) -> int:
+        """Requests relayed and still waiting for their final response (what a graceful stop drains)."""
+        return sum(1 for r in self._relays.values() if not r.final_sent)
+
     # ---------------------------------------------------------------- requests
     def _on_request(self, req: Request, src: Source, now: float, out: list[Send]) -> None:
         self._stamp_via(req, src)

@@ -126,7 +126,7 @@ class Shell:
         for s in self._servers:
             s.close()
         deadline = self.loop.time() + grace
-        while self.proxy.active_transactions and self.loop.time() < deadline:
+        while self.proxy.pending_requests and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self._timer:
             self._timer.cancel()
