@@ -75,7 +75,8 @@ class Router:
             original = self.teams.original_target(req.ruri)
             if not ours and original is None:
                 return Reply(403, "Forbidden", log="in-dialog request outside any route set of ours")
-            return Forward(req, [Target(self.pbx_dest, self.pbx_uri(parse_uri(original)) if original else req.uri)])
+            target = parse_uri(original) if original else req.ruri
+            return Forward(req, [Target(self.pbx_dest_for(target), str(target))])
         if not ours:
             return Reply(403, "Forbidden", log="in-dialog request from the PBX without our Route")
         routes = req.headers.get_all("route")
@@ -112,6 +113,16 @@ class Router:
 
     def teams_dest(self, host: str, port: int | None = None) -> Destination:
         return Destination(TEAMS, "tls", host.lower(), port or self.config.teams.port)
+
+    def pbx_dest_for(self, uri: SipUri) -> Destination:
+        """In-dialog toward the PBX: its Contact when that is on the PBX's own host (any port,
+        transport from the URI), else the trunk address. Never anywhere else (no relay)."""
+        if uri.host_bare != self.config.pbx.address.host:
+            return self.pbx_dest
+        transport = uri.transport if uri.transport in ("udp", "tcp") else self.config.pbx.transport
+        if self.config.pbx.transport == "udp" and transport == "tcp":
+            transport = "udp"  # a UDP-only PBX leg has no TCP socket to send from
+        return Destination(PBX, transport, uri.host_bare, uri.port or 5060)
 
     def pbx_uri(self, uri: SipUri) -> str:
         """The R-URI on the PBX leg: the PBX trunk address, transport of the PBX leg."""

@@ -92,8 +92,9 @@ def rewrite_toward_teams(msg: Message, ident: TeamsIdentity) -> None:
     if contacts:
         h.replace_all("contact", [ident.contact_for(c) for c in contacts])
     h.set("x-ms-sbc", X_MS_SBC)
-    if "allow" in h:
-        h.set("allow", strip_refer(h.get("allow") or ""))
+    allows = h.get_all("allow")
+    if allows:
+        h.set("allow", strip_refer(", ".join(allows)))  # several Allow lines are one list (RFC 3261 7.3.1)
     if isinstance(msg, Request):
         h.remove("replaces")  # Teams refuses Replaces from an SBC (since April 2022)
         for name in ("supported", "require"):

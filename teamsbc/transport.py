@@ -41,6 +41,10 @@ class StreamConn(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.src = Source(self.leg, self.proto, (peer[0], peer[1]), self)
         self.shell.conns.add(self)
+        if self.key is None and self.leg == PBX:
+            # the PBX's own connection also carries our requests to that address (no second one)
+            self.key = (PBX, self.proto, peer[0], peer[1])
+            self.shell.adopt(self)
         if self.key is None:
             log.debug("connection from %s:%d on the %s leg (%s)", peer[0], peer[1], self.leg, self.proto)
 
@@ -170,6 +174,9 @@ class Shell:
         if resp is not None:
             conn.write(resp)
         conn.close()
+
+    def adopt(self, conn: StreamConn) -> None:
+        self._pool.setdefault(conn.key, conn)  # type: ignore[arg-type]
 
     def conn_lost(self, conn: StreamConn) -> None:
         self.conns.discard(conn)

@@ -148,7 +148,7 @@ def test_teams_bye_reaches_pbx_contact_without_state(conf):
            "CSEQ: 2 BYE\r\nCONTENT-LENGTH: 0\r\n\r\n").encode()
     s, fwd = only(restarted.receive(bye, TEAMS_SRC, 0.0))
     assert s.to == Destination(PBX, "udp", "10.0.0.10", 5060)
-    assert fwd.uri == "sip:1000@10.0.0.10:5060"
+    assert fwd.uri == "sip:1000@10.0.0.10:5060"  # the PBX contact, restored from our Contact
     assert fwd.headers.get("route") is None
     assert fwd.top_via.host == "10.0.0.5" and fwd.top_via.transport == "UDP"
     ok = response_to(s.data, 200, "OK")
