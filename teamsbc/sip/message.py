@@ -110,7 +110,8 @@ class CSeq(tuple):
         return self[1]
 
 
-_CSEQ_RE = re.compile(r"\s*(\d{1,10})\s+(" + g.TOKEN + r")\s*\Z")
+# CSeq = 1*DIGIT LWS Method (20.16); the number is range-checked in parse_cseq
+_CSEQ_RE = re.compile(r"[ \t]*([0-9]+)[ \t]+(" + g.TOKEN + r")[ \t]*\Z")
 
 
 class Message:
@@ -198,135 +199,237 @@ def parse_cseq(value: str) -> CSeq:
     m = _CSEQ_RE.match(value)
     if not m:
         raise ParseError("Bad CSeq")
-    n = int(m.group(1))
-    if n >= 2 ** 31:
-        raise ParseError("CSeq number too large")  # RFC 3261 8.1.1.5, RFC 4475 3.1.2.4
-    return CSeq((n, m.group(2)))
+    digits = m.group(1)
+    # RFC 3261 8.1.1.5: < 2**31. Length first: int() of thousands of digits is slow, and
+    # refused outright past 4300 digits (ValueError, not ParseError).
+    if len(digits) > 10 or int(digits) >= 2 ** 31:
+        raise ParseError("CSeq number too large")  # RFC 4475 3.1.2.4, 3.1.2.5
+    return CSeq((int(digits), m.group(2)))
 
 
-_CONTENT_LENGTH_RE = re.compile(r"\s*\d{1,10}\s*\Z")
-_HEADER_NAME_RE = re.compile(g.TOKEN + r"\Z")
+_CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,10}\Z")      # values arrive stripped of SP/HTAB
+_MAX_FORWARDS_RE = re.compile(r"0*([0-9]{1,3})\Z")     # 1*DIGIT, at most 255 (20.22)
+# message-header = field-name HCOLON field-value; HCOLON = *( SP / HTAB ) ":" SWS (25.1).
+# The value's trailing SP/HTAB is stripped after the match (a regex tail would backtrack).
+_HEADER_LINE_RE = re.compile(r"(" + g.TOKEN + r")[ \t]*:[ \t]*(.*)", re.S)
+# Headers parse_message looks at itself (first occurrence kept, duplicates refused for
+# SINGLE_HEADERS), so one pass over the lines finds them all.
+_TRACKED = g.SINGLE_HEADERS | frozenset(g.MANDATORY_HEADERS)
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     """Parse one complete message. `stream=True` means framing already cut it by
-    Content-Length (so a missing Content-Length was already refused by the framer)."""
+    Content-Length (so a missing Content-Length was already refused by the framer).
+
+    Raises ParseError for anything malformed; no other exception escapes for any bytes.
+    Checked here, so later layers can rely on them: start line, header syntax and limits,
+    Via/From/To/Call-ID/CSeq present and well formed, From/To/Call-ID/CSeq/Max-Forwards/
+    Content-Length at most once, CSeq method = request method, Max-Forwards <= 255, every
+    Contact (but "*") a valid address, Content-Length against the octets received.
+    """
     if len(data) > g.MAX_MESSAGE_SIZE:
         raise ParseError("Message too large", 513)
+    if data[:1] == b"\r" or data[:1] == b"\n":
+        data = data.lstrip(b"\r\n")  # RFC 3261 7.5: ignore CRLFs before the start line
+        if not data:
+            raise ParseError("Empty message")
     end = data.find(b"\r\n\r\n")
-    sep = 4
-    if end < 0:
+    if end >= 0:
+        body_at = end + 4
+        lf = data.find(b"\n\n", 0, end)
+        if lf >= 0:  # a bare-LF blank line ends the head before the CRLF CRLF does
+            end, body_at = lf, lf + 2
+    else:
         end = data.find(b"\n\n")  # bare-LF senders exist; tolerate them
-        sep = 2
         if end < 0:
             raise ParseError("Incomplete message: no end of headers")
+        body_at = end + 2
     try:
         head = data[:end].decode("utf-8")
     except UnicodeDecodeError:
         raise ParseError("Invalid UTF-8 in message head") from None
-    raw_lines = head.replace("\r\n", "\n").split("\n")
-    while raw_lines and not raw_lines[0]:
-        raw_lines.pop(0)  # RFC 3261 7.5: ignore CRLFs before the start line
-    if not raw_lines:
-        raise ParseError("Empty message")
-    start = raw_lines[0]
-    entries: list[list[str]] = []
-    for line in raw_lines[1:]:
-        if line[:1] in (" ", "\t"):
-            if not entries:
-                raise ParseError("Continuation line before any header")
-            e = entries[-1]
-            e[2] = e[2] + " " + line.strip()  # 7.3.1: folding is equivalent to one SP
-            if len(e[2]) > g.MAX_LINE_LENGTH:
-                raise ParseError("Header line too long")
-            continue
-        if len(line) > g.MAX_LINE_LENGTH:
-            raise ParseError("Header line too long")
-        colon = line.find(":")
-        if colon <= 0:
-            raise ParseError("Header line without colon")
-        name = line[:colon].rstrip(" \t")
-        if not _HEADER_NAME_RE.match(name):
-            raise ParseError("Bad header name")
-        lname = name.lower()
-        if len(lname) == 1:
-            lname = g.COMPACT_FORMS.get(lname, lname)
-            if lname in g.COMPACT_FORMS.values():
-                name = g.canonical(lname)
-        entries.append([lname, name, line[colon + 1:].strip(" \t")])
-        if len(entries) > g.MAX_HEADERS:
-            raise ParseError("Too many headers")
-    # split list headers into one entry per value
-    split: list[list[str]] = []
-    for e in entries:
-        if e[0] in g.SPLIT_HEADERS and "," in e[2]:
-            for part in split_quoted(e[2], ","):
-                part = part.strip()
-                if not part:
-                    raise ParseError(f"Empty value in {e[1]} list")
-                split.append([e[0], e[1], part])
-        else:
-            split.append(e)
-    if len(split) > g.MAX_HEADERS:
-        raise ParseError("Too many headers")
-    headers = Headers(split)
-    body = data[end + sep:]
+    if "\r" in head:
+        head = head.replace("\r\n", "\n")
+        if head[-1:] == "\r":  # "...\r\n\n": a CRLF line, then a bare-LF blank line
+            head = head[:-1]
+        if "\r" in head:
+            # never a line end here: forwarded as part of a value it could end a header
+            # line for the next hop's parser (header injection)
+            raise ParseError("Bare CR in message head")
+    if "\n\n" in head or head[-1] == "\n":
+        # "\n\r\n": a bare-LF line end, then a CRLF blank line. Which one ends the head
+        # is a guess; guessing is how two parsers come to disagree about a message.
+        raise ParseError("Mixed line endings around an empty line")
+    lines = head.split("\n")
 
-    msg: Request | Response
-    if start.startswith("SIP/"):
+    start = lines[0]
+    if len(start) > g.MAX_LINE_LENGTH:
+        raise ParseError("Start line too long")
+    is_response = start[:4].upper() == "SIP/"
+    if is_response:
         m = g.STATUS_LINE_RE.match(start)
-        if not m:
-            raise ParseError("Bad status line")
-        if (m.group(1), m.group(2)) != ("2", "0"):
+        if m is None:
+            raise _status_line_error(start)
+        if m.group(1) != "2" or m.group(2) != "0":
             raise ParseError("Unsupported SIP version", 505)
         status = int(m.group(3))
         if not 100 <= status <= 699:
-            raise ParseError("Bad status code")  # RFC 4475 3.1.2.19
-        msg = Response(status, m.group(4), headers)
+            raise ParseError("Status code out of range")  # RFC 4475 3.1.2.19
     else:
         m = g.REQUEST_LINE_RE.match(start)
-        if not m:
-            raise ParseError("Bad request line")  # 4475 3.1.2.7-10
-        if (m.group(3), m.group(4)) != ("2", "0"):
-            raise ParseError("Unsupported SIP version", 505)  # 4475 3.1.2.16
+        if m is None:
+            raise _request_line_error(start)
+        if m.group(3) != "2" or m.group(4) != "0":
+            raise ParseError("Unsupported SIP version", 505)  # RFC 4475 3.1.2.16
+    entries: list[list[str]] = []
+    tracked: dict[str, list[str]] = {}
+    max_line, max_headers = g.MAX_LINE_LENGTH, g.MAX_HEADERS
+    # MAX_LINE_LENGTH bounds each field as to_bytes() writes it ("Name: value", unfolded),
+    # so whatever parses here can be forwarded and parsed again.
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if line[0] == " " or line[0] == "\t":  # lines are never empty inside the head
+            if not entries:
+                raise ParseError("Continuation line before any header")
+            e = entries[-1]
+            part = line.strip(" \t")
+            if part:
+                # RFC 3261 7.3.1: a fold is equivalent to one SP
+                e[2] = f"{e[2]} {part}" if e[2] else part
+                if len(e[1]) + len(e[2]) + 2 > max_line:
+                    raise ParseError("Header line too long")
+            continue
+        hm = _HEADER_LINE_RE.match(line)
+        if hm is None:
+            colon = line.find(":")
+            raise ParseError("Header line without colon" if colon < 0 else
+                             "Empty header name" if colon == 0 else "Bad header name")
+        name, value = hm.group(1, 2)
+        value = value.rstrip(" \t")
+        lname = name.lower()
+        if len(lname) == 1:
+            full = g.COMPACT_FORMS.get(lname)
+            if full is not None:
+                lname = full
+                name = g.canonical(full)
+        if len(name) + len(value) + 2 > max_line:
+            raise ParseError("Header line too long")
+        e = [lname, name, value]
+        entries.append(e)
+        if len(entries) > max_headers:  # stop early: 16000 tiny lines cost ~40 ms otherwise
+            raise ParseError("Too many headers")
+        if lname in _TRACKED:
+            if lname not in tracked:
+                tracked[lname] = e
+            elif lname in g.SINGLE_HEADERS:
+                raise ParseError(f"Multiple {g.canonical(lname)} headers")  # 4475 3.1.4.8/9
+
+    # split list headers into one entry per value
+    split_headers = g.SPLIT_HEADERS
+    contacts: list[str] = []
+    fields = entries
+    for i, e in enumerate(entries):
+        lname = e[0]
+        if lname in split_headers:
+            if "," in e[2]:
+                if fields is entries:
+                    fields = entries[:i]
+                parts: list[list[str]] = []
+                for part in split_quoted(e[2], ","):
+                    part = part.strip()
+                    if not part:
+                        raise ParseError(f"Empty value in {e[1]} list")  # RFC 4475 3.1.2.1
+                    parts.append([lname, e[1], part])
+                if tracked.get(lname) is e:
+                    tracked[lname] = parts[0]
+                fields.extend(parts)
+                if lname == "contact":
+                    contacts.extend(p[2] for p in parts)
+                continue
+            if lname == "contact":
+                contacts.append(e[2])
+        if fields is not entries:
+            fields.append(e)
+    if len(fields) > g.MAX_HEADERS:
+        raise ParseError("Too many headers")
+    headers = Headers(fields)
+
+    msg: Request | Response
+    if is_response:
+        msg = Response(status, m.group(4) or "", headers)
+    else:
         msg = Request(m.group(1), m.group(2), headers)
 
-    _check_mandatory(msg)
-    cl_values = headers.get_all("content-length")
-    if cl_values:
-        cl = cl_values[0]
-        if not _CONTENT_LENGTH_RE.match(cl):
+    for lname in g.MANDATORY_HEADERS:
+        if lname not in tracked:
+            raise ParseError(f"Missing {g.canonical(lname)} header")  # 4475 3.1.4.1
+    cseq = parse_cseq(tracked["cseq"][2])
+    if not is_response:
+        if cseq[1] != msg.method:
+            raise ParseError("CSeq method does not match request method")  # 4475 3.1.2.17
+        mf = tracked.get("max-forwards")
+        if mf is not None:
+            mm = _MAX_FORWARDS_RE.match(mf[2])
+            if mm is None:
+                raise ParseError("Bad Max-Forwards")
+            if int(mm.group(1)) > 255:
+                raise ParseError("Max-Forwards out of range")  # 20.22, RFC 4475 3.1.2.4
+    parse_via(tracked["via"][2])
+    parse_name_addr(tracked["from"][2])
+    parse_name_addr(tracked["to"][2])
+    if not tracked["call-id"][2]:
+        raise ParseError("Empty Call-ID")
+    for c in contacts:
+        if c != "*":  # the REGISTER wildcard (10.2.2)
+            parse_name_addr(c)  # RFC 4475 3.1.2.13
+
+    cl = tracked.get("content-length")
+    if cl is not None:
+        if not _CONTENT_LENGTH_RE.match(cl[2]):
             raise ParseError("Bad Content-Length")  # 4475 3.1.2.3
-        n = int(cl)
-        if n > len(body):
+        n = int(cl[2])
+        if n > len(data) - body_at:
             raise ParseError("Content-Length larger than message")  # 4475 3.1.2.2
-        body = body[:n]  # 4475 3.1.1.8: extra octets after the body are discarded
+        msg.body = data[body_at:body_at + n]  # 4475 3.1.1.8: extra octets are discarded
     elif stream:
         raise ParseError("Missing Content-Length on stream transport")
-    msg.body = bytes(body)
+    else:
+        msg.body = data[body_at:]  # RFC 3261 18.3: UDP without Content-Length (3.2.1)
+    if type(msg.body) is not bytes:
+        msg.body = bytes(msg.body)
     return msg
 
 
-def _check_mandatory(msg: Request | Response) -> None:
-    h = msg.headers
-    for lname in ("via", "from", "to", "call-id", "cseq"):
-        if lname not in h:
-            raise ParseError(f"Missing {g.canonical(lname)} header")  # 4475 3.1.4.1
-    for lname in g.SINGLE_HEADERS:
-        if h.count(lname) > 1:
-            raise ParseError(f"Multiple {g.canonical(lname)} headers")  # 4475 3.1.4.8/9
-    cseq = parse_cseq(h.get("cseq") or "")
-    if isinstance(msg, Request) and cseq.method != msg.method:
-        raise ParseError("CSeq method does not match request method")  # 4475 3.1.2.17
-    parse_via(h.get("via") or "")
-    parse_name_addr(h.get("from") or "")
-    parse_name_addr(h.get("to") or "")
-    if isinstance(msg, Request):
-        mf = h.get("max-forwards")
-        if mf is not None and (not mf.strip().isdigit() or int(mf) > 255):
-            raise ParseError("Bad Max-Forwards")  # 4475 3.1.2.4
-    if not (h.get("call-id") or "").strip():
-        raise ParseError("Empty Call-ID")
+def _request_line_error(line: str) -> ParseError:
+    """Why a start line failed REQUEST_LINE_RE, as precisely as the answer needs."""
+    if line[-1:] in (" ", "\t"):
+        return ParseError("Trailing whitespace in request line")  # RFC 4475 3.1.2.10
+    if "  " in line or "\t" in line:
+        return ParseError("Extra whitespace in request line")  # RFC 4475 3.1.2.9
+    parts = line.split(" ")
+    if len(parts) < 3:
+        return ParseError("Malformed request line")
+    if not g.TOKEN_RE.match(parts[0]):
+        return ParseError("Bad method in request line")
+    if not g.SIP_VERSION_RE.match(parts[-1]):
+        return ParseError("Bad SIP version in request line")
+    if len(parts) > 3:
+        return ParseError("Whitespace inside Request-URI")  # RFC 4475 3.1.2.8
+    if parts[1][:1] == "<":
+        return ParseError("Request-URI enclosed in <>")  # RFC 4475 3.1.2.7
+    return ParseError("Bad Request-URI")
+
+
+_STATUS_CODE_DIGITS_RE = re.compile(r"[0-9]+\Z")
+
+
+def _status_line_error(line: str) -> ParseError:
+    parts = line.split(" ", 2)
+    if not g.SIP_VERSION_RE.match(parts[0]):
+        return ParseError("Bad SIP version in status line")
+    if len(parts) > 1 and _STATUS_CODE_DIGITS_RE.match(parts[1]):
+        return ParseError("Status code out of range")  # RFC 4475 3.1.2.19: not 3DIGIT
+    return ParseError("Bad status line")
 
 
 def make_response(req: Request, status: int, reason: str, to_tag: str | None = None) -> Response:
@@ -336,7 +439,7 @@ def make_response(req: Request, status: int, reason: str, to_tag: str | None = N
         h.add("via", v)
     h.add("from", req.headers.get("from") or "")
     to = req.headers.get("to") or ""
-    if to_tag and status > 100 and ";tag=" not in to.lower().replace(" ", ""):
+    if to_tag and status > 100 and not _has_tag(to):
         to = f"{to};tag={to_tag}"
     h.add("to", to)
     h.add("call-id", req.headers.get("call-id") or "")
@@ -344,54 +447,80 @@ def make_response(req: Request, status: int, reason: str, to_tag: str | None = N
     return Response(status, reason, h)
 
 
+def _has_tag(to: str) -> bool:
+    try:
+        return "tag" in parse_name_addr(to).params
+    except ParseError:
+        # not an address we can read (a request built by hand): fall back to the text
+        return ";tag=" in to.lower().replace(" ", "").replace("\t", "")
+
+
 # --- stream framing (RFC 3261 18.3, RFC 5626 3.5.1 keep-alives) -------------------------
 KEEPALIVE_PING = object()  # marker yielded for a double-CRLF ping; answer with a single CRLF
 
-_STREAM_CL_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d{1,10})[ \t]*\r?$", re.I | re.M)
+# The Content-Length field of a head (long or compact name, any case, possibly folded).
+_STREAM_CL_RE = re.compile(
+    rb"^(?:content-length|l)[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
+_STREAM_CL_VALUE_RE = re.compile(rb"[ \t\r\n]*([0-9]{1,10})[ \t\r\n]*\Z")
+_PING = b"\r\n\r\n"
 
 
 class StreamFramer:
     """Cuts a byte stream into messages by Content-Length. Handles partial reads, pipelining
     and CRLF keep-alives. A framing error means the connection cannot be trusted any more:
-    the caller answers if it can and closes (no stuck connections)."""
+    the caller answers if it can and closes (no stuck connections). The error repeats on
+    every later feed, so a caller that keeps feeding cannot resynchronise on garbage.
 
-    __slots__ = ("_buf",)
+    After each feed at most MAX_MESSAGE_SIZE bytes stay buffered (one incomplete message);
+    a chunk may be larger than that when it holds several complete messages.
+    """
+
+    __slots__ = ("_buf", "_need", "_scan")
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._need = 0  # length of the message being received, once its head is complete
+        self._scan = 0  # where to resume looking for the end of an incomplete head
 
     def feed(self, data: bytes) -> list[object]:
         buf = self._buf
         buf += data
         out: list[object] = []
         while buf:
-            if buf[0] == 0x0D or buf[0] == 0x0A:
-                if buf[:4] == b"\r\n\r\n":
-                    out.append(KEEPALIVE_PING)
-                    del buf[:4]
+            need = self._need
+            if not need:
+                if buf[0] == 0x0D or buf[0] == 0x0A:
+                    if buf.startswith(_PING):
+                        out.append(KEEPALIVE_PING)
+                        del buf[:4]
+                        continue
+                    if len(buf) < 4 and _PING.startswith(buf):
+                        break  # maybe the first part of a ping: wait
+                    # a single CRLF (pong, or stray line end between messages)
+                    del buf[: 2 if buf.startswith(b"\r\n") else 1]
                     continue
-                if buf[:2] == b"\r\n" and (len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf))):
-                    break  # maybe the first half of a ping: wait
-                # a single CRLF (pong, or stray line end between messages)
-                del buf[: 2 if buf[:2] == b"\r\n" else 1]
-                continue
-            end = buf.find(b"\r\n\r\n", 0, g.MAX_MESSAGE_SIZE + 4)
-            if end < 0:
-                if len(buf) > g.MAX_MESSAGE_SIZE:
-                    raise ParseError("Message head too large", 513)
+                end = buf.find(b"\r\n\r\n", self._scan)
+                if end < 0:
+                    if len(buf) > g.MAX_MESSAGE_SIZE:
+                        raise ParseError("Message head too large", 513)
+                    self._scan = max(len(buf) - 3, 0)  # never rescan what was searched
+                    break
+                m = _STREAM_CL_RE.search(buf, 0, end)
+                if m is None:
+                    raise ParseError("Missing Content-Length on stream transport")
+                v = _STREAM_CL_VALUE_RE.match(m.group(1))
+                if v is None:
+                    raise ParseError("Bad Content-Length")  # RFC 4475 3.1.2.3: close
+                need = end + 4 + int(v.group(1))
+                if need > g.MAX_MESSAGE_SIZE:
+                    raise ParseError("Message too large", 513)
+                self._need = need
+            if len(buf) < need:
                 break
-            head = bytes(buf[:end + 2])
-            m = _STREAM_CL_RE.search(head)
-            if m is None:
-                raise ParseError("Missing Content-Length on stream transport")
-            total = end + 4 + int(m.group(1))
-            if total > g.MAX_MESSAGE_SIZE:
-                raise ParseError("Message too large", 513)
-            if len(buf) < total:
-                break
-            out.append(bytes(buf[:total]))
-            del buf[:total]
-        if len(buf) > g.MAX_STREAM_BUFFER:
+            out.append(bytes(buf[:need]))
+            del buf[:need]
+            self._need = self._scan = 0
+        if len(buf) > g.MAX_STREAM_BUFFER:  # unreachable by construction; a last guard
             raise ParseError("Stream buffer limit exceeded", 513)
         return out
 

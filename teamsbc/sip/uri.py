@@ -5,13 +5,25 @@ what it only carries along (user parts are kept as escaped on the wire).
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from .errors import ParseError
+from .grammar import SCHEME_RE
 
-_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?\Z")
+# hostport = host [ ":" port ]; host = hostname / IPv4address / IPv6reference (25.1).
+# [0-9], not \d: \d matches non-ASCII digits and int() would accept them.
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?\Z")
 _DISALLOWED_IN_URI = re.compile(r"[\s<>\"]")
+
+
+def _check_ipv6_reference(host: str) -> None:
+    """`[...]` must hold an IPv6 address (25.1 IPv6reference): the proxy connects to it."""
+    try:
+        ipaddress.IPv6Address(host[1:-1])
+    except ValueError:
+        raise ParseError(f"Bad IPv6 reference {host[:60]!r}") from None
 
 
 @dataclass(slots=True)
@@ -61,36 +73,43 @@ class SipUri:
 
 
 def parse_uri(text: str) -> SipUri:
-    """Parse a sip:/sips: URI. Raises ParseError (400) on anything else; callers that accept
-    other schemes (tel:, urn:) check the scheme first (RFC 4475 3.1.4.2: R-URI -> 416)."""
+    """Parse a sip:/sips: URI. Raises ParseError (400) on anything else; a well-formed URI of
+    another scheme (tel:, urn:, ...) raises status 416, which is the answer for a Request-URI
+    (RFC 4475 3.1.4.2, 3.1.4.3). Callers that accept other schemes check the scheme first."""
     colon = text.find(":")
     if colon <= 0:
         raise ParseError(f"Bad URI {text[:60]!r}")
     scheme = text[:colon].lower()
-    if scheme not in ("sip", "sips"):
+    if scheme != "sip" and scheme != "sips":
+        if not SCHEME_RE.match(scheme):
+            raise ParseError(f"Bad URI scheme {scheme[:20]!r}")
         raise ParseError(f"Unsupported URI scheme {scheme[:20]!r}", 416)
     if _DISALLOWED_IN_URI.search(text):
         raise ParseError("Whitespace or delimiter inside URI")  # RFC 4475 3.1.2.8, 3.1.2.14
     rest = text[colon + 1:]
+    user = password = None
+    # "@" is legal only as the end of userinfo: user, password, params and headers must escape
+    # it (25.1). The user part may hold "?" and ";" (RFC 4475 3.1.1.2, 3.1.1.9), so userinfo is
+    # cut at the first "@" before "?" or ";" are looked at.
+    at = rest.find("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1:]
+        user, colon_pw, pw = userinfo.partition(":")
+        if not user:
+            raise ParseError("Empty user part in URI")
+        if colon_pw:
+            password = pw
     headers = None
     q = rest.find("?")
     if q >= 0:
         rest, headers = rest[:q], rest[q + 1:]
-    user = password = None
-    at = rest.rfind("@")
-    if at >= 0:
-        userinfo, rest = rest[:at], rest[at + 1:]
-        if not userinfo:
-            raise ParseError("Empty user part in URI")
-        if ":" in userinfo:
-            user, password = userinfo.split(":", 1)
-        else:
-            user = userinfo
     hostport, _, paramstr = rest.partition(";")
     m = _HOST_RE.match(hostport)
     if not m:
         raise ParseError(f"Bad host in URI {hostport[:60]!r}")
     host, port_s = m.group(1), m.group(2)
+    if host[0] == "[":
+        _check_ipv6_reference(host)
     port = None
     if port_s is not None:
         port = int(port_s)
@@ -103,7 +122,8 @@ def parse_uri(text: str) -> SipUri:
 def parse_params(text: str) -> dict[str, str | None]:
     """`a=b;c;d=e` -> {'a': 'b', 'c': None, 'd': 'e'} (keys lower-cased, values as on the wire)."""
     params: dict[str, str | None] = {}
-    for item in text.split(";"):
+    # a quoted value may hold ";" (+sip.instance="<urn:...>", RFC 5626)
+    for item in split_quoted(text, ";") if '"' in text else text.split(";"):
         item = item.strip()
         if not item:
             continue
@@ -171,30 +191,35 @@ class NameAddr:
 
 
 _DISPLAY_TOKENS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ \t]*\Z")
+# quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE (25.1); quoted-pair may escape
+# any octet but CR and LF (none are left inside a header value), even NUL (RFC 4475 3.1.1.2).
+_QUOTED_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 
 
 def parse_name_addr(value: str) -> NameAddr:
+    """Parse a name-addr or addr-spec header value (From, To, Contact, Route, ...): 20.10."""
     v = value.strip()
     if not v:
         raise ParseError("Empty address")
-    lt = -1
     display = None
     if v[0] == '"':
-        # quoted-string display name, with \-escapes (25.1 quoted-pair)
-        i, n = 1, len(v)
-        while i < n and v[i] != '"':
-            i += 2 if v[i] == "\\" else 1
-        if i >= n:
-            raise ParseError("Unterminated quoted display name")
-        display = v[: i + 1]
-        lt = v.find("<", i + 1)
-        if lt < 0 or v[i + 1:lt].strip():
+        m = _QUOTED_STRING_RE.match(v)
+        if m is None:
+            raise ParseError("Unterminated quoted display name")  # RFC 4475 3.1.2.6
+        end = m.end()
+        display = v[:end]
+        lt = v.find("<", end)
+        if lt < 0 or v[end:lt].strip():
             raise ParseError("Display name without <URI>")
     else:
         lt = v.find("<")
-        if lt >= 0:
+        if lt > 0:
             d = v[:lt].strip()
-            if d:
+            if ":" in d:
+                # a scheme before "<": an addr-spec whose parameter holds "<" inside quotes
+                # (sip:a@b;+sip.instance="<urn:...>"); a display name has no ":"
+                lt = -1
+            elif d:
                 if not _DISPLAY_TOKENS_RE.match(d):
                     raise ParseError("Non-token characters in display name")  # 4475 3.1.2.15
                 display = d
@@ -202,8 +227,10 @@ def parse_name_addr(value: str) -> NameAddr:
         gt = v.find(">", lt)
         if gt < 0:
             raise ParseError("Unterminated <URI>")
-        uri = v[lt + 1:gt].strip()
-        rest = v[gt + 1:].strip()
+        uri = v[lt + 1:gt]
+        if uri != uri.strip():
+            raise ParseError("Whitespace inside <URI>")  # LAQUOT/RAQUOT, RFC 4475 3.1.2.14
+        rest = v[gt + 1:].lstrip()
         if rest and rest[0] != ";":
             raise ParseError("Garbage after <URI>")
         params = parse_params(rest[1:]) if rest else {}
@@ -242,7 +269,7 @@ class Via:
 
 _VIA_RE = re.compile(
     r"\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)"
-    r"\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)\s*(?::\s*(\d{1,5}))?\s*(;.*)?\Z", re.S)
+    r"\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)\s*(?::\s*([0-9]{1,5}))?\s*(;.*)?\Z", re.S)
 
 
 def parse_via(value: str) -> Via:
@@ -252,6 +279,8 @@ def parse_via(value: str) -> Via:
     name, version, transport, host, port_s, paramstr = m.groups()
     if name.upper() != "SIP" or version != "2.0":
         raise ParseError("Unsupported Via protocol", 505 if name.upper() == "SIP" else 400)
+    if host[0] == "[":
+        _check_ipv6_reference(host)
     port = int(port_s) if port_s else None
     if port is not None and not 0 < port < 65536:
         raise ParseError("Bad Via port")
