@@ -351,6 +351,7 @@ class Proxy:
             h.add(name, orig.headers.get(name) or "")
         h.add("cseq", f"{orig.cseq.number} CANCEL")
         cancel = Request("CANCEL", orig.uri, h)
+        self.router.outgoing(cancel, dest.leg)
         cctx = ClientTransaction(cancel, reliable=dest.transport != "udp", now=now)
         self._client[cctx.key] = (None, cctx, dest)
         self._client_events(None, cctx, dest, cctx.start(), now, out)
@@ -422,7 +423,10 @@ class Proxy:
                        events: list, now: float, out: list[Send]) -> None:
         for ev in events:
             if isinstance(ev, Transmit):
-                out.append(Send(ev.message.to_bytes(), dest, ctx.key))
+                msg = ev.message
+                if msg.method == "ACK" and msg.headers.get("x-ms-sbc") is None and dest is not None:  # type: ignore[union-attr]
+                    self.router.outgoing(msg, dest.leg)  # the hop-by-hop ACK the transaction built
+                out.append(Send(msg.to_bytes(), dest, ctx.key))
             elif isinstance(ev, Deliver):
                 if relay is not None:
                     self._on_branch_response(relay, ctx, ev.response, now, out)
