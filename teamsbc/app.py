@@ -1,4 +1,4 @@
-"""Wires config, router, proxy and transports together and runs until SIGTERM/SIGINT."""
+"""Wires config, router, proxy, health and transports together and runs until SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
@@ -6,34 +6,53 @@ import logging
 import signal
 
 from .config import Config
+from .health import HealthBook, Pinger
 from .proxy import Proxy
 from .routing import Router
+from .sip.transaction import Timers
 from .tls import client_context, server_context
 from .transport import Shell
 
 log = logging.getLogger("teamsbc")
 
 
-def build(config: Config) -> tuple[Router, Proxy]:
-    router = Router(config)
+def build(config: Config, now: float | None = None, *, keepalive: bool = False) -> tuple[Router, Proxy]:
+    """The sans-IO core. With `keepalive`, OPTIONS pings start at `now` (the first ones at once)."""
+    health = HealthBook()
+    router = Router(config, health)
     proxy = Proxy(router, router.legs, invite_timeout=config.teams.invite_timeout)
+    if keepalive:
+        assert now is not None
+        timeouts = {}
+
+        def send(peer: str, at: float, on_result) -> list:
+            req, dest = router.options_request(peer)
+            # Timer F = 64*T1: a ping's timeout is its transaction's own timeout
+            return proxy.originate(req, dest, at, on_result, Timers(t1=timeouts[peer] / 64))
+
+        pinger = Pinger(health, send, now, alarm_after=config.teams.options_alarm)
+        for peer, interval, timeout in router.ping_targets():
+            timeouts[peer] = timeout
+            pinger.add(peer, interval, now)
+        proxy.add_timed(pinger)
     return router, proxy
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
-    _, proxy = build(config)
+    loop = asyncio.get_running_loop()
+    router, proxy = build(config, loop.time(), keepalive=True)
     t = config.teams
     shell = Shell(config, proxy, server_context(t.certificate, t.private_key, t.trusted_ca),
                   client_context(t.certificate, t.private_key, t.trusted_ca))
     await shell.start()
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
     log.info("teamsbc ready: sbc %s", config.sbc.fqdn)
+    shell.kick()  # first OPTIONS go out now
     if ready:
         ready.set()
     await stop.wait()

@@ -19,6 +19,14 @@ TEAMS_PROXIES = {
 }
 
 
+# The name Teams' certificates must carry (reference section 2), per cloud.
+TEAMS_SAN = {
+    "commercial": "sip.pstnhub.microsoft.com",
+    "gcch": "sip.pstnhub.gov.teams.microsoft.us",
+    "dod": "sip.pstnhub.dod.teams.microsoft.us",
+}
+
+
 class ConfigError(Exception):
     def __init__(self, errors: list[str]):
         super().__init__("\n".join(errors))
@@ -40,6 +48,14 @@ class SbcSection:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantSection:
+    """Carrier (hosting) model: one customer tenant behind a subdomain of sbc.fqdn."""
+    fqdn: str
+    pbx: HostPort | None = None          # the tenant's PBX trunk (source of its calls, target of Teams' calls)
+    numbers: tuple[str, ...] = ()        # +E.164 prefixes of the tenant's callers (when PBXs are shared)
+
+
+@dataclass(frozen=True, slots=True)
 class TeamsSection:
     listen: HostPort
     certificate: Path
@@ -51,6 +67,15 @@ class TeamsSection:
     signaling_port: int         # the port Teams knows for this SBC (-SipSignalingPort)
     invite_timeout: float       # seconds without any answer from a Teams proxy -> next proxy
     cloud: str = "commercial"
+    options_interval: float = 60.0     # OPTIONS to each Teams proxy (reference section 4)
+    options_timeout: float = 5.0       # a ping unanswered this long counts as a failure
+    options_alarm: float = 180.0       # warn when Teams has not pinged us for this long
+    allow_refer: bool = False          # REFER in Allow toward Teams (Teams then sends REFER to us)
+    options_503_when_pbx_down: bool = False
+    require_san: tuple[str, ...] = ("sip.pstnhub.microsoft.com",)
+    tenants: dict[str, TenantSection] = field(default_factory=dict)
+    keepalive_interval: float = 30.0   # CRLF keep-alive on our own idle connections
+    connection_max_age: float = 3600.0 # our own connections are renewed after this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +83,8 @@ class PbxSection:
     listen: HostPort
     transport: str              # udp | tcp
     address: HostPort
+    options_interval: float = 30.0   # OPTIONS to the PBX; 0 = off (the PBX is then always up)
+    options_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +211,13 @@ class _Reader:
             self.err(f"{path}.{key}", f"file {str(p)!r} does not exist or is not a file")
         return p
 
+    def bool_(self, d: dict, path: str, key: str, default: bool) -> bool:
+        v = d.get(key, default)
+        if not isinstance(v, bool):
+            self.err(f"{path}.{key}", f"must be true or false, got {v!r}")
+            return default
+        return v
+
     def number(self, d: dict, path: str, key: str, default: float, lo: float, hi: float):
         v = d.get(key, default)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
@@ -230,7 +264,10 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
         certs_dir = r.base / certs_dir
 
     t = r.section(data, "teams", {"listen", "certificate", "private_key", "trusted_ca", "proxies",
-                                  "port", "resolve", "signaling_port", "invite_timeout", "cloud"})
+                                  "port", "resolve", "signaling_port", "invite_timeout", "cloud",
+                                  "options_interval", "options_timeout", "options_alarm", "allow_refer",
+                                  "options_503_when_pbx_down", "require_san", "tenants",
+                                  "keepalive_interval", "connection_max_age"})
     listen = r.ip_hostport(t, "teams", "listen", "0.0.0.0:5061")
     live = certs_dir / "live" / (fqdn or "_")
     cert = r.path(t, "teams", "certificate", str(live / "fullchain.pem"))
@@ -260,11 +297,29 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
                 resolve[str(name).lower()] = hp
     signaling_port = int(r.number(t, "teams", "signaling_port", listen.port if listen else 5061, 1, 65535))
     invite_timeout = float(r.number(t, "teams", "invite_timeout", 4.0, 0.5, 32.0))
+    options_interval = float(r.number(t, "teams", "options_interval", 60, 0, 600))  # 0 = off (labs only)
+    options_timeout = float(r.number(t, "teams", "options_timeout", 5, 0.5, 32))
+    options_alarm = float(r.number(t, "teams", "options_alarm", 180, 10, 3600))
+    allow_refer = r.bool_(t, "teams", "allow_refer", False)
+    opt503 = r.bool_(t, "teams", "options_503_when_pbx_down", False)
+    keepalive = float(r.number(t, "teams", "keepalive_interval", 30, 1, 110))
+    max_age = float(r.number(t, "teams", "connection_max_age", 3600, 10, 86400))
+    san_v = t.get("require_san", [TEAMS_SAN[cloud]])
+    if isinstance(san_v, str):
+        san_v = [san_v]
+    if not isinstance(san_v, list) or not san_v or not all(isinstance(x, str) and _FQDN_RE.match(x) for x in san_v):
+        r.err("teams.require_san", f"must be a list of FQDNs, one of which Teams' certificate must carry (default {TEAMS_SAN[cloud]})")
+        san_v = [TEAMS_SAN[cloud]]
+    tenants = _tenants(r, t.get("tenants"), fqdn)
 
-    pb = r.section(data, "pbx", {"listen", "transport", "address"})
+    pb = r.section(data, "pbx", {"listen", "transport", "address", "options_interval", "options_timeout"})
     pbx_listen = r.ip_hostport(pb, "pbx", "listen")
+    if pbx_listen is not None and pbx_listen.host in ("0.0.0.0", "::"):
+        r.err("pbx.listen", f"{pbx_listen.host} is not an address the PBX can be sent back to: use the SBC's own IP on the PBX network (it goes into Record-Route and Via)")
     pbx_transport = r.str_(pb, "pbx", "transport", "udp", ("udp", "tcp"))
     pbx_address = r.ip_hostport(pb, "pbx", "address")
+    pbx_opt = float(r.number(pb, "pbx", "options_interval", 30, 0, 600))
+    pbx_opt_timeout = float(r.number(pb, "pbx", "options_timeout", 5, 0.5, 32))
 
     m = r.section(data, "media", {"rtpengine"}, required=False)
     rtp = m.get("rtpengine", []) or []
@@ -297,11 +352,50 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
     return Config(
         sbc=SbcSection(fqdn.lower()),
         teams=TeamsSection(listen, cert, key, trusted, proxies, port, resolve, signaling_port,
-                           invite_timeout, cloud),
-        pbx=PbxSection(pbx_listen, pbx_transport, pbx_address),
+                           invite_timeout, cloud, options_interval, options_timeout, options_alarm,
+                           allow_refer, opt503, tuple(x.lower() for x in san_v), tenants, keepalive,
+                           max_age),
+        pbx=PbxSection(pbx_listen, pbx_transport, pbx_address, pbx_opt, pbx_opt_timeout),
         media=MediaSection(tuple(rtp)),
         numbers=numbers,
         log=LogSection(level),
         certs_dir=certs_dir,
         source=source,
     )
+
+
+def _tenants(r: _Reader, value: Any, base_fqdn: str | None) -> dict[str, TenantSection]:
+    """teams.tenants: {customer.sbc.example.com: {pbx: "ip:port", numbers: ["+4420"]}}."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        r.err("teams.tenants", "must be a mapping tenant FQDN -> {pbx: \"ip:port\", numbers: [\"+prefix\"]}")
+        return {}
+    out: dict[str, TenantSection] = {}
+    for name, spec in value.items():
+        where = f"teams.tenants.{name}"
+        fq = str(name).lower()
+        if not _FQDN_RE.match(fq):
+            r.err(where, "is not an FQDN")
+            continue
+        if base_fqdn and not fq.endswith("." + base_fqdn):
+            r.err(where, f"must be a subdomain of sbc.fqdn ({base_fqdn}): Teams finds the tenant by it and the wildcard certificate *.{base_fqdn} covers it")
+            continue
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            r.err(where, "must be a mapping with pbx and/or numbers")
+            continue
+        for k in spec:
+            if k not in ("pbx", "numbers"):
+                r.err(f"{where}.{k}", "unknown key (known: numbers, pbx)")
+        pbx = r.ip_hostport(spec, where, "pbx", None) if spec.get("pbx") is not None else None
+        nums = spec.get("numbers", []) or []
+        if not isinstance(nums, list) or not all(isinstance(n, str) and n.startswith("+") and n[1:].isdigit() for n in nums):
+            r.err(f"{where}.numbers", "must be a list of +E.164 prefixes like \"+4420\"")
+            nums = []
+        if pbx is None and not nums:
+            r.err(where, "needs pbx (the tenant's trunk) or numbers (its caller prefixes)")
+            continue
+        out[fq] = TenantSection(fq, pbx, tuple(nums))
+    return out

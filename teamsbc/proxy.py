@@ -75,8 +75,9 @@ class Forward:
     """Relay to the targets in order (serial failover). `request` is the rewritten request."""
     request: Request
     targets: list[Target]
-    record_route: bool = False
+    record_route: list[str] | None = None  # entries to insert on top, top first (RFC 5658 pair)
     failover: bool = False   # try the next target on timeout, transport failure or 503
+    identity: str | None = None  # the FQDN presented to Teams for this request (tenant or base)
 
 
 @dataclass(slots=True)
@@ -157,6 +158,7 @@ class Proxy:
         self._timers: list[tuple[float, int, Any]] = []
         self._seq = itertools.count()
         self._secret = os.urandom(8).hex()
+        self._timers_objects: list[Any] = []
         self.stats: dict[str, int] = {"requests": 0, "responses": 0, "parse_errors": 0,
                                       "rejected": 0, "timeouts": 0, "failovers": 0}
 
@@ -212,10 +214,12 @@ class Proxy:
                 self._relay_deadline(obj, now, out)
             elif isinstance(obj, ClientTransaction):
                 entry = self._client.get(obj.key)
-                relay, dest = (entry[0], entry[2]) if entry else (None, None)
-                self._client_events(relay, obj, dest, obj.handle_timer(now), now, out)
-            else:
+                owner, dest = (entry[0], entry[2]) if entry else (None, None)
+                self._client_events(owner, obj, dest, obj.handle_timer(now), now, out)
+            elif isinstance(obj, _Server):
                 self._server_events(obj, obj.st.handle_timer(now), out)
+            else:
+                out += obj.handle_timer(now)
             self._schedule(obj)
         return out
 
@@ -237,7 +241,7 @@ class Proxy:
             if sv is not None:  # ACK for a non-2xx final: hop-by-hop, ends here (17.2.1)
                 self._server_events(sv, sv.st.receive_request(req, now), out)
                 return
-            self._route_stateless_ack(req, src, out)
+            self._route_stateless_ack(req, src, now, out)
             return
         sv = self._server.get(key)
         if sv is not None:  # retransmission
@@ -257,7 +261,7 @@ class Proxy:
         if problem is not None:
             self._respond(sv, self._local_response(req, Reply(*problem), src.leg), now, out)
             return
-        decision = self.router.request(req, src)
+        decision = self.router.request(req, src, now)
         if isinstance(decision, Drop):
             self.stats["rejected"] += 1
             log.info("dropped %s from %s:%d: %s call_id=%s", req.method, *src.addr, decision.log, req.call_id)
@@ -332,13 +336,14 @@ class Proxy:
         relay.cancelled = True
         relay.deadline = None
         if relay.client is not None and relay.client.state == "proceeding":
-            self._send_cancel(relay.client, relay.dest, now, out)
+            self._send_cancel(relay.client, relay.dest, now, out, relay.decision.identity)
         elif relay.client is None and not relay.final_sent:
             relay.final_sent = True
             self._respond(relay.server, self._local_response(
                 relay.request, Reply(487, "Request Terminated"), src.leg), now, out)
 
-    def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list[Send]) -> None:
+    def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list[Send],
+                     identity: str | None = None) -> None:
         if dest is None:
             return
         orig = ctx.request
@@ -351,14 +356,14 @@ class Proxy:
             h.add(name, orig.headers.get(name) or "")
         h.add("cseq", f"{orig.cseq.number} CANCEL")
         cancel = Request("CANCEL", orig.uri, h)
-        self.router.outgoing(cancel, dest.leg)
+        self.router.outgoing(cancel, dest.leg, identity)
         cctx = ClientTransaction(cancel, reliable=dest.transport != "udp", now=now)
         self._client[cctx.key] = (None, cctx, dest)
         self._client_events(None, cctx, dest, cctx.start(), now, out)
 
-    def _route_stateless_ack(self, ack: Request, src: Source, out: list[Send]) -> None:
+    def _route_stateless_ack(self, ack: Request, src: Source, now: float, out: list[Send]) -> None:
         """ACK for a 2xx is its own end-to-end request (17.1.1.3): route it, no transaction."""
-        decision = self.router.request(ack, src)
+        decision = self.router.request(ack, src, now)
         if not isinstance(decision, Forward) or not decision.targets:
             log.info("ACK from %s:%d not routable: %s call_id=%s", *src.addr,
                      getattr(decision, "log", None) or getattr(decision, "reason", ""), ack.call_id)
@@ -368,7 +373,7 @@ class Proxy:
         incoming_branch = ack.top_via.branch or ""
         branch = MAGIC_COOKIE + "-" + hashlib.blake2s((incoming_branch + self._secret).encode(),
                                                       digest_size=8).hexdigest()
-        self._prepare_branch(req, target, branch, record_route=False)
+        self._prepare_branch(req, target, branch, None, decision.identity)
         out.append(Send(req.to_bytes(), target.dest))
 
     # ---------------------------------------------------------------- branches
@@ -380,7 +385,7 @@ class Proxy:
         target = d.targets[relay.index]
         req = _copy_request(d.request)
         branch = f"{MAGIC_COOKIE}-{relay.loop}.{os.urandom(5).hex()}"
-        self._prepare_branch(req, target, branch, record_route=d.record_route)
+        self._prepare_branch(req, target, branch, d.record_route, d.identity)
         ctx = ClientTransaction(req, reliable=target.dest.transport != "udp", now=now)
         relay.client, relay.dest = ctx, target.dest
         self._client[ctx.key] = (relay, ctx, target.dest)
@@ -391,21 +396,19 @@ class Proxy:
             relay.deadline = None
         self._client_events(relay, ctx, target.dest, ctx.start(), now, out)
 
-    def _prepare_branch(self, req: Request, target: Target, branch: str, record_route: bool) -> None:
+    def _prepare_branch(self, req: Request, target: Target, branch: str,
+                        record_route: list[str] | None, identity: str | None) -> None:
         out_leg = self.legs[target.dest.leg]
         req.uri = target.ruri
         h = req.headers
         mf = h.get("max-forwards")
         h.set("max-forwards", str(int(mf) - 1) if mf is not None else "70")
-        if record_route:
-            # RFC 5658 double Record-Route: the entry for the incoming leg below, the one for
-            # the outgoing leg on top (the downstream UAS uses the top one first).
-            in_leg = self.legs[PBX if target.dest.leg == TEAMS else TEAMS]
-            h.add_first("record-route", in_leg.record_route)
-            h.add_first("record-route", out_leg.record_route)
-        params = f";branch={branch}" + (";rport" if out_leg.transport == "udp" else "")
-        h.add_first("via", f"SIP/2.0/{out_leg.transport.upper()} {out_leg.via_host}:{out_leg.via_port}{params}")
-        self.router.outgoing(req, target.dest.leg)
+        for entry in reversed(record_route or ()):
+            h.add_first("record-route", entry)
+        transport = target.dest.transport
+        params = f";branch={branch}" + (";rport" if transport == "udp" else "")
+        h.add_first("via", f"SIP/2.0/{transport.upper()} {out_leg.via_host}:{out_leg.via_port}{params}")
+        self.router.outgoing(req, target.dest.leg, identity)
 
     def _relay_deadline(self, relay: _Relay, now: float, out: list[Send]) -> None:
         """No answer at all from this target within invite_timeout: fail over (reference 5)."""
@@ -417,39 +420,74 @@ class Proxy:
                     relay.dest.host if relay.dest else "?", self.invite_timeout, relay.call_id)
         relay.abandoned.append(ctx)
         self.stats["failovers"] += 1
+        if relay.dest is not None:
+            self.router.branch_failed(relay.dest, f"no answer within {self.invite_timeout:g}s", now)
         self._next_target(relay, now, out)
 
-    def _client_events(self, relay: _Relay | None, ctx: ClientTransaction, dest: Destination | None,
+    def _client_events(self, owner: Any, ctx: ClientTransaction, dest: Destination | None,
                        events: list, now: float, out: list[Send]) -> None:
+        """`owner` is the _Relay of a proxied request, a callback for a request we originated
+        (OPTIONS pings: called with (status | None, reason, now, retry_after)), or None (CANCEL)."""
+        relay = owner if isinstance(owner, _Relay) else None
         for ev in events:
             if isinstance(ev, Transmit):
                 msg = ev.message
                 if msg.method == "ACK" and msg.headers.get("x-ms-sbc") is None and dest is not None:  # type: ignore[union-attr]
-                    self.router.outgoing(msg, dest.leg)  # the hop-by-hop ACK the transaction built
+                    ident = relay.decision.identity if relay is not None else None
+                    self.router.outgoing(msg, dest.leg, ident)  # the hop-by-hop ACK the transaction built
                 out.append(Send(msg.to_bytes(), dest, ctx.key))
             elif isinstance(ev, Deliver):
+                resp = ev.response
+                if relay is not None and resp.status >= 200 and dest is not None:
+                    self.router.branch_answered(dest, resp.status, retry_after(resp), now)
                 if relay is not None:
-                    self._on_branch_response(relay, ctx, ev.response, now, out)
-            elif isinstance(ev, TimedOut):
-                self.stats["timeouts"] += 1
+                    self._on_branch_response(relay, ctx, resp, now, out)
+                elif owner is not None and resp.status >= 200:
+                    owner(resp.status, resp.reason, now, retry_after(resp))
+            elif isinstance(ev, (TimedOut, TransportFailed)):
+                reason = "timed out" if isinstance(ev, TimedOut) else f"transport failure ({ev.reason})"
+                if isinstance(ev, TimedOut):
+                    self.stats["timeouts"] += 1
                 if relay is not None:
+                    if dest is not None:
+                        self.router.branch_failed(dest, reason, now)
+                    code, text = (408, "Request Timeout") if isinstance(ev, TimedOut) else (503, "Service Unavailable")
                     self._on_branch_response(relay, ctx, make_response(
-                        ctx.request, 408, "Request Timeout", self._tag(ctx.request)), now, out)
-            elif isinstance(ev, TransportFailed):
-                if relay is not None:
-                    self._on_branch_response(relay, ctx, make_response(
-                        ctx.request, 503, "Service Unavailable", self._tag(ctx.request)), now, out)
+                        ctx.request, code, text, self._tag(ctx.request)), now, out)
+                elif owner is not None:
+                    owner(None, reason, now, None)
         if ctx.terminated:
             self._client.pop(ctx.key, None)
         else:
             self._schedule(ctx)
+
+    # ---------------------------------------------------------------- originated requests
+    def originate(self, req: Request, dest: Destination, now: float, on_result: Any,
+                  timers: Any = None) -> list[Send]:
+        """Send a request of our own (OPTIONS keep-alive) through a client transaction.
+        `on_result(status | None, reason, now, retry_after)` gets the final answer or the failure."""
+        kw = {"timers": timers} if timers is not None else {}
+        ctx = ClientTransaction(req, reliable=dest.transport != "udp", now=now, **kw)
+        self._client[ctx.key] = (on_result, ctx, dest)
+        out: list[Send] = []
+        self._client_events(on_result, ctx, dest, ctx.start(), now, out)
+        return out
+
+    def add_timed(self, obj: Any) -> None:
+        """Put an object with next_timer()/handle_timer(now) -> [Send]/terminated on our clock."""
+        self._timers_objects.append(obj)
+        self._schedule(obj)
+
+    def is_client_active(self, token: Any) -> bool:
+        return token in self._client
 
     def _on_branch_response(self, relay: _Relay, ctx: ClientTransaction, resp: Response,
                             now: float, out: list[Send]) -> None:
         status = resp.status
         if ctx in relay.abandoned:
             if status < 200 and status != 100:
-                self._send_cancel(ctx, self._client.get(ctx.key, (None, None, None))[2], now, out)
+                self._send_cancel(ctx, self._client.get(ctx.key, (None, None, None))[2], now, out,
+                                  relay.decision.identity)
             elif 200 <= status < 300:
                 log.error("late 2xx from an abandoned Teams proxy call_id=%s", relay.call_id)
             return
@@ -458,7 +496,7 @@ class Proxy:
         if status == 100:
             return
         if relay.cancelled and status < 200 and ctx.state == "proceeding":
-            self._send_cancel(ctx, relay.dest, now, out)
+            self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
         if status < 200:
             if relay.final_sent:
                 return
@@ -492,7 +530,7 @@ class Proxy:
         up.headers.pop_first("via")
         if up.headers.get("via") is None:
             return
-        self.router.outgoing(up, relay.src.leg)
+        self.router.outgoing(up, relay.src.leg, relay.decision.identity)
         self._respond(relay.server, up, now, out)
 
     # ---------------------------------------------------------------- responses
@@ -517,7 +555,7 @@ class Proxy:
         dest = self.router.response_destination(up, src)
         if dest is None:
             return
-        self.router.outgoing(up, dest.leg)
+        self.router.outgoing(up, dest.leg, None)
         out.append(Send(up.to_bytes(), dest))
 
     # ---------------------------------------------------------------- local answers
@@ -541,7 +579,7 @@ class Proxy:
         resp = make_response(req, reply.status, reply.reason, self._tag(req))
         for name, value in reply.headers:
             resp.headers.add(name.lower(), value)
-        self.router.outgoing(resp, leg)
+        self.router.outgoing(resp, leg, None)
         return resp
 
     def _tag(self, req: Request) -> str:
@@ -559,6 +597,15 @@ class Proxy:
         t = obj.next_timer()
         if t is not None and not obj.terminated:
             heapq.heappush(self._timers, (t, next(self._seq), obj))
+
+
+def retry_after(resp: Response) -> float | None:
+    """Seconds of a Retry-After header (RFC 3261 20.33: delta-seconds [comment] *params)."""
+    v = resp.headers.get("retry-after")
+    if not v:
+        return None
+    digits = v.strip().split(None, 1)[0].split(";", 1)[0].split("(", 1)[0]
+    return float(digits) if digits.isdigit() and len(digits) <= 7 else None
 
 
 def _copy_request(req: Request) -> Request:

@@ -1,61 +1,83 @@
 """The routing story: what happens to a request from Teams and to one from the PBX.
 
 Read it like a kamailio.cfg request_route: policy only. The mechanics (transactions, Via,
-Record-Route, failover timers) live in proxy.py; Teams' header rules in teams.py.
+Record-Route insertion, failover timers) live in proxy.py; Teams' header rules in teams.py;
+peer health in health.py.
 
-    request from anywhere but the PBX or Teams  -> 403 (never relayed)
+    request on the PBX leg from anywhere but a configured PBX  -> 403 (never relayed)
     OPTIONS outside a dialog                    -> answered here (keep-alive), never forwarded
     in-dialog request (To tag)                  -> follows the route set we built; crosses to the other side
-    new call from Teams                         -> the PBX trunk
-    new call from the PBX                       -> Teams: sip, then sip2, then sip3 on silence/transport failure/503
+    new call from Teams                         -> its PBX trunk (by tenant FQDN); 503 at once if that PBX is down
+    new call from the PBX                       -> Teams: sip, sip2, sip3 (those not down), next one on
+                                                   silence, transport failure, 408 or 503
 """
 from __future__ import annotations
 
-from .config import Config
+import os
+
+from . import __version__
+from .config import Config, HostPort, TenantSection
+from .health import HealthBook
 from .proxy import PBX, TEAMS, Destination, Drop, Forward, Leg, Reply, Target
 from .sip.errors import ParseError
-from .sip.message import Request, Response
+from .sip.message import Headers, Request, Response
 from .sip.uri import SipUri, format_params, parse_name_addr, parse_uri
-from .teams import ALLOW_TOWARD_TEAMS, TeamsIdentity, e164_address, rewrite_toward_teams, to_e164
+from .teams import (ALLOW_TOWARD_TEAMS, USER_AGENT, X_MS_SBC, TeamsIdentity, e164_address,
+                    rewrite_toward_teams, to_e164)
 
-DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 ALLOW_PBX = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, INFO, UPDATE, REFER"
 
 
+def pbx_peer(hp: HostPort) -> str:
+    """The name of a PBX trunk in the health book."""
+    return f"pbx {hp}"
+
+
 class Router:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, health: HealthBook | None = None):
         self.config = config
+        self.health = health or HealthBook()
         self.teams = TeamsIdentity(config)
         pbx = config.pbx
         self.pbx_dest = Destination(PBX, pbx.transport, pbx.address.host, pbx.address.port)
+        self.tenants = config.teams.tenants
+        self.pbx_hosts = {pbx.address.host} | {t.pbx.host for t in self.tenants.values() if t.pbx}
+        self.pbx_rr = f"<sip:{pbx.listen}{';transport=tcp' if pbx.transport == 'tcp' else ''};lr;r2=on>"
         self.legs = {
-            TEAMS: Leg(TEAMS, "tls", self.teams.fqdn, self.teams.port, self.teams.record_route),
-            PBX: Leg(PBX, pbx.transport, pbx.listen.host, pbx.listen.port,
-                     f"<sip:{pbx.listen}{';transport=tcp' if pbx.transport == 'tcp' else ''};lr;r2=on>"),
+            TEAMS: Leg(TEAMS, "tls", self.teams.fqdn, self.teams.port, self.teams.record_route()),
+            PBX: Leg(PBX, pbx.transport, pbx.listen.host, pbx.listen.port, self.pbx_rr),
         }
 
     # ------------------------------------------------------------------ the story
-    def request(self, req: Request, src) -> Reply | Forward | Drop:
-        if src.leg == PBX and src.addr[0] != self.config.pbx.address.host:
-            return Reply(403, "Forbidden", log=f"{src.addr[0]} is not the configured PBX")
+    def request(self, req: Request, src, now: float) -> Reply | Forward | Drop:
+        if src.leg == PBX and src.addr[0] not in self.pbx_hosts:
+            return Reply(403, "Forbidden", log=f"{src.addr[0]} is not a configured PBX")
         if req.method == "OPTIONS" and not req.to_addr.tag:
-            return self.keepalive_answer(src.leg)
+            return self.keepalive_answer(src.leg, now)
         if req.to_addr.tag is not None:
             return self.in_dialog(req, src)
         if src.leg == TEAMS:
-            return self.call_from_teams(req)
-        return self.call_from_pbx(req)
+            return self.call_from_teams(req, now)
+        return self.call_from_pbx(req, src, now)
 
-    def call_from_teams(self, req: Request) -> Reply | Forward:
-        """Teams -> PBX: the R-URI names our FQDN; the number goes to the PBX trunk as is."""
+    def call_from_teams(self, req: Request, now: float) -> Reply | Forward:
+        """Teams -> PBX: the R-URI names our FQDN (or a tenant's); the number goes to that PBX."""
         if req.method != "INVITE":
-            return Reply(405, "Method Not Allowed", [("Allow", ALLOW_TOWARD_TEAMS)])
+            return Reply(405, "Method Not Allowed", [("Allow", self.allow_teams)])
         ruri = req.ruri
-        if not self.teams.is_me(ruri) and ruri.host.lower() != self.teams.fqdn:
-            return Reply(404, "Not Found", log=f"R-URI host {ruri.host} is not this SBC")
-        return Forward(req, [Target(self.pbx_dest, self.pbx_uri(ruri))], record_route=True)
+        identity = ruri.host.lower().rstrip(".")
+        if identity not in self.teams.names:
+            return Reply(404, "Not Found", log=f"R-URI host {ruri.host} is not this SBC or one of its tenants")
+        trunk = self.trunk_for(self.tenants.get(identity))
+        if not self.health.usable(pbx_peer(trunk), now):
+            # answer at once so Teams fails over to another SBC inside its 10 s (reference 6)
+            return Reply(503, "Service Unavailable", [("Retry-After", "30")],
+                         log=f"PBX {trunk} is down")
+        dest = Destination(PBX, self.config.pbx.transport, trunk.host, trunk.port)
+        return Forward(req, [Target(dest, self.pbx_uri(ruri, trunk))],
+                       record_route=[self.pbx_rr, self.teams.record_route(identity)], identity=identity)
 
-    def call_from_pbx(self, req: Request) -> Reply | Forward:
+    def call_from_pbx(self, req: Request, src, now: float) -> Reply | Forward:
         """PBX -> Teams: +E.164 everywhere, sip/sip2/sip3 in order (reference section 5)."""
         if req.method != "INVITE":
             return Reply(405, "Method Not Allowed", [("Allow", ALLOW_PBX)])
@@ -63,33 +85,117 @@ class Router:
         if number is None:
             return Reply(484, "Address Incomplete", log=f"{req.ruri.user!r} cannot be made +E.164 "
                          "(not a number, or a national number without numbers.country_code)")
-        self.normalise_numbers(req)
-        targets = [Target(self.teams_dest(proxy), f"sip:{number}@{proxy}:{self.config.teams.port};user=phone;transport=tls")
-                   for proxy in self.config.teams.proxies]
-        return Forward(req, targets, record_route=True, failover=True)
+        identity = self.tenant_of_call(req, src)
+        self.normalise_numbers(req, identity or self.teams.fqdn)
+        proxies = [p for p in self.config.teams.proxies if self.health.usable(p, now)]
+        if not proxies:
+            proxies = list(self.config.teams.proxies)  # all marked down: try them anyway, in order
+        port = self.config.teams.port
+        targets = [Target(self.teams_dest(p), f"sip:{number}@{p}:{port};user=phone;transport=tls")
+                   for p in proxies]
+        return Forward(req, targets, record_route=[self.teams.record_route(identity), self.pbx_rr],
+                       failover=True, identity=identity)
 
     def in_dialog(self, req: Request, src) -> Reply | Forward:
         """Follow the route set: our own Route entries are popped; the request crosses sides."""
-        ours = self.pop_own_routes(req)
+        popped = self.pop_own_routes(req)
         if src.leg == TEAMS:
             original = self.teams.original_target(req.ruri)
-            if not ours and original is None:
+            if not popped and original is None:
                 return Reply(403, "Forbidden", log="in-dialog request outside any route set of ours")
+            identity = self.teams.name_of(req.ruri) or next(
+                (n for n in map(self.teams.name_of, popped) if n), None)
             target = parse_uri(original) if original else req.ruri
-            return Forward(req, [Target(self.pbx_dest_for(target), str(target))])
-        if not ours:
+            target.headers = None  # never relay escaped headers (RFC 4475 3.1.2.11)
+            return Forward(req, [Target(self.pbx_dest_for(target), str(target))], identity=identity)
+        if not popped:
             return Reply(403, "Forbidden", log="in-dialog request from the PBX without our Route")
+        identity = next((n for n in map(self.teams.name_of, popped) if n), None)
         routes = req.headers.get_all("route")
         hop = parse_name_addr(routes[0]).sip_uri() if routes else req.ruri
         if not self.teams.is_teams_host(hop.host):
             return Reply(403, "Forbidden", log=f"next hop {hop.host} is not a Teams host")
-        return Forward(req, [Target(self.teams_dest(hop.host_bare, hop.port), req.uri)])
+        ruri = req.ruri
+        ruri.headers = None
+        return Forward(req, [Target(self.teams_dest(hop.host_bare, hop.port), str(ruri))], identity=identity)
+
+    # ------------------------------------------------------------------ keep-alive
+    def keepalive_answer(self, leg: str, now: float) -> Reply:
+        """OPTIONS to us: 200 with what we are (reference section 4)."""
+        if leg == TEAMS:
+            self.health.teams_pinged(now)
+            trunk = self.config.pbx.address
+            if self.config.teams.options_503_when_pbx_down and not self.health.usable(pbx_peer(trunk), now):
+                return Reply(503, "Service Unavailable", [("Retry-After", "30")],
+                             log="PBX is down and teams.options_503_when_pbx_down is set")
+            contact = f"<sip:{self.teams.fqdn}:{self.teams.port};transport=tls>"
+            allow = self.allow_teams
+        else:
+            contact = f"<sip:{self.config.pbx.listen};transport={self.config.pbx.transport}>"
+            allow = ALLOW_PBX
+        return Reply(200, "OK", [("Contact", contact), ("Allow", allow), ("Accept", "application/sdp"),
+                                 ("Supported", "timer"), ("Server", USER_AGENT)])
+
+    def options_request(self, peer: str) -> tuple[Request, Destination]:
+        """The OPTIONS we send: to a Teams proxy (over our own TLS connection) or to a PBX."""
+        tag, callid, branch = os.urandom(6).hex(), os.urandom(10).hex(), os.urandom(8).hex()
+        h = Headers()
+        if peer.startswith("pbx "):
+            trunk = next(hp for hp in self.trunks() if pbx_peer(hp) == peer)
+            dest = Destination(PBX, self.config.pbx.transport, trunk.host, trunk.port)
+            me = self.config.pbx.listen
+            rport = ";rport" if dest.transport == "udp" else ""
+            h.add("via", f"SIP/2.0/{dest.transport.upper()} {me}{rport};branch=z9hG4bK-{branch}")
+            uri, from_uri, contact = f"sip:{trunk}", f"sip:teamsbc@{me}", f"<sip:{me};transport={dest.transport}>"
+            to_uri = uri
+        else:
+            dest = self.teams_dest(peer)
+            me = f"{self.teams.fqdn}:{self.teams.port}"
+            h.add("via", f"SIP/2.0/TLS {me};branch=z9hG4bK-{branch}")
+            uri, from_uri, to_uri = f"sip:{peer}:{dest.port};transport=tls", f"sip:{me}", f"sip:{peer}"
+            contact = f"<sip:{me};transport=tls>"
+        h.add("max-forwards", "70")
+        h.add("from", f"<{from_uri}>;tag={tag}")
+        h.add("to", f"<{to_uri}>")
+        h.add("call-id", f"{callid}@{self.teams.fqdn}")
+        h.add("cseq", "1 OPTIONS")
+        h.add("contact", contact)
+        h.add("allow", self.allow_teams if dest.leg == TEAMS else ALLOW_PBX)
+        h.add("accept", "application/sdp")
+        h.add("user-agent", USER_AGENT)
+        if dest.leg == TEAMS:
+            h.add("x-ms-sbc", X_MS_SBC)
+        return Request("OPTIONS", uri, h), dest
+
+    def ping_targets(self) -> list[tuple[str, float, float]]:
+        """(peer, interval, timeout) for every peer we keep alive. OPTIONS go only for the
+        base FQDN, never per tenant (reference section 3)."""
+        t = self.config.teams
+        out = [(p, t.options_interval, t.options_timeout) for p in t.proxies] if t.options_interval > 0 else []
+        if self.config.pbx.options_interval > 0:
+            out += [(pbx_peer(hp), self.config.pbx.options_interval, self.config.pbx.options_timeout)
+                    for hp in self.trunks()]
+        return out
+
+    # ------------------------------------------------------------------ results of branches
+    def branch_answered(self, dest: Destination, status: int, retry_after: float | None, now: float) -> None:
+        if dest.leg == TEAMS and dest.host in self.config.teams.proxies:
+            self.health.response(dest.host, now, status, retry_after)
+
+    def branch_failed(self, dest: Destination, reason: str, now: float) -> None:
+        if dest.leg == TEAMS:
+            if dest.host in self.config.teams.proxies:
+                self.health.failed(dest.host, now, reason)
+        else:
+            name = pbx_peer(HostPort(dest.host, dest.port))
+            if name in self.health.peers or self.config.pbx.options_interval > 0:
+                self.health.failed(name, now, reason)
 
     # ------------------------------------------------------------------ per-leg rewriting
-    def outgoing(self, msg: Request | Response, leg: str) -> None:
+    def outgoing(self, msg: Request | Response, leg: str, identity: str | None = None) -> None:
         """Called by the proxy on every message it sends out on `leg`."""
         if leg == TEAMS:
-            rewrite_toward_teams(msg, self.teams)
+            rewrite_toward_teams(msg, self.teams, identity)
 
     def response_destination(self, resp: Response, src) -> Destination | None:
         """Where a 2xx without transaction goes: the other side, by its Via."""
@@ -101,49 +207,72 @@ class Router:
         return self.teams_dest(via.host.lower(), via.port)
 
     # ------------------------------------------------------------------ helpers
-    def keepalive_answer(self, leg: str) -> Reply:
-        if leg == TEAMS:
-            contact = f"<sip:{self.teams.fqdn}:{self.teams.port};transport=tls>"
-            allow = ALLOW_TOWARD_TEAMS
-        else:
-            contact = f"<sip:{self.config.pbx.listen};transport={self.config.pbx.transport}>"
-            allow = ALLOW_PBX
-        return Reply(200, "OK", [("Contact", contact), ("Allow", allow),
-                                 ("Accept", "application/sdp"), ("Supported", "timer")])
+    @property
+    def allow_teams(self) -> str:
+        return ALLOW_TOWARD_TEAMS + (", REFER" if self.config.teams.allow_refer else "")
+
+    def trunks(self) -> list[HostPort]:
+        seen: list[HostPort] = [self.config.pbx.address]
+        for t in self.tenants.values():
+            if t.pbx and t.pbx not in seen:
+                seen.append(t.pbx)
+        return seen
+
+    def trunk_for(self, tenant: TenantSection | None) -> HostPort:
+        return tenant.pbx if tenant and tenant.pbx else self.config.pbx.address
+
+    def tenant_of_call(self, req: Request, src) -> str | None:
+        """Carrier mode: which tenant FQDN a PBX call belongs to: by its trunk, else by the
+        caller's number prefix; None = the base FQDN."""
+        for t in self.tenants.values():
+            if t.pbx and t.pbx.host == src.addr[0] and (t.pbx.port == src.addr[1] or src.transport != "udp"):
+                return t.fqdn
+        if not any(t.numbers for t in self.tenants.values()):
+            return None
+        try:
+            user = parse_uri(parse_name_addr(req.headers.get("from") or "").uri).user or ""
+        except ParseError:
+            return None
+        number = to_e164(user, self.config.numbers) or ""
+        for t in self.tenants.values():
+            if any(number.startswith(p) for p in t.numbers):
+                return t.fqdn
+        return None
 
     def teams_dest(self, host: str, port: int | None = None) -> Destination:
         return Destination(TEAMS, "tls", host.lower(), port or self.config.teams.port)
 
     def pbx_dest_for(self, uri: SipUri) -> Destination:
-        """In-dialog toward the PBX: its Contact when that is on the PBX's own host (any port,
+        """In-dialog toward a PBX: its Contact when that is on a PBX's own host (any port,
         transport from the URI), else the trunk address. Never anywhere else (no relay)."""
-        if uri.host_bare != self.config.pbx.address.host:
+        if uri.host_bare not in self.pbx_hosts:
             return self.pbx_dest
         transport = uri.transport if uri.transport in ("udp", "tcp") else self.config.pbx.transport
         if self.config.pbx.transport == "udp" and transport == "tcp":
             transport = "udp"  # a UDP-only PBX leg has no TCP socket to send from
         return Destination(PBX, transport, uri.host_bare, uri.port or 5060)
 
-    def pbx_uri(self, uri: SipUri) -> str:
+    def pbx_uri(self, uri: SipUri, trunk: HostPort) -> str:
         """The R-URI on the PBX leg: the PBX trunk address, transport of the PBX leg."""
         params = {k: v for k, v in uri.params.items() if k not in ("transport", "x-tsbc-c")}
         if self.config.pbx.transport != "udp":
             params["transport"] = self.config.pbx.transport
         user = f"{uri.user}@" if uri.user else ""
-        return f"sip:{user}{self.config.pbx.address}{format_params(params)}"
+        return f"sip:{user}{trunk}{format_params(params)}"
 
-    def pop_own_routes(self, req: Request) -> bool:
-        """RFC 3261 16.4 loose routing: drop the Route entries that name us (two with r2=on)."""
+    def pop_own_routes(self, req: Request) -> list[SipUri]:
+        """RFC 3261 16.4 loose routing: drop the Route entries that name us (two with r2=on).
+        Returns the popped URIs."""
         h = req.headers
-        ours = False
+        popped: list[SipUri] = []
         ruri = req.ruri
         if self.is_own_uri(ruri) and "lr" in ruri.params:
             # a strict router upstream put our Record-Route in the R-URI (16.4)
             routes = h.get_all("route")
             if routes:
+                popped.append(ruri)
                 req.uri = parse_name_addr(routes[-1]).uri
                 h.replace_all("route", routes[:-1])
-                ours = True
         while True:
             top = h.get("route")
             if top is None:
@@ -155,8 +284,8 @@ class Router:
             if not self.is_own_uri(uri):
                 break
             h.pop_first("route")
-            ours = True
-        return ours
+            popped.append(uri)
+        return popped
 
     def is_own_uri(self, uri: SipUri) -> bool:
         if self.teams.is_me(uri):
@@ -164,12 +293,12 @@ class Router:
         pl = self.config.pbx.listen
         return uri.host_bare == pl.host and (uri.port or 5060) == pl.port
 
-    def normalise_numbers(self, req: Request) -> None:
+    def normalise_numbers(self, req: Request, fqdn: str) -> None:
         h = req.headers
         rules = self.config.numbers
-        h.set("from", e164_address(h.get("from") or "", self.teams.fqdn, rules))
+        h.set("from", e164_address(h.get("from") or "", fqdn, rules))
         h.set("to", e164_address(h.get("to") or "", self.config.teams.proxies[0], rules))
         for name in ("p-asserted-identity", "p-preferred-identity"):
             values = h.get_all(name)
             if values:
-                h.replace_all(name, [e164_address(v, self.teams.fqdn, rules) for v in values])
+                h.replace_all(name, [e164_address(v, fqdn, rules) for v in values])

@@ -24,6 +24,7 @@ TEAMS_DOMAINS = (".pstnhub.microsoft.com", ".pstnhub.gov.teams.microsoft.us",
                  ".pstnhub.dod.teams.microsoft.us")
 
 ALLOW_TOWARD_TEAMS = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, INFO"
+USER_AGENT = f"teamsbc/{__version__}"
 
 
 def encode_contact(original_uri: str) -> str:
@@ -44,25 +45,34 @@ def decode_contact(value: str) -> str | None:
 
 
 class TeamsIdentity:
-    """The SBC as Teams sees it: FQDN, signalling port, which hosts are Teams."""
+    """The SBC as Teams sees it: base FQDN, tenant FQDNs (carrier mode), signalling port,
+    which hosts are Teams."""
 
     def __init__(self, config: Config):
         self.fqdn = config.sbc.fqdn
         self.port = config.teams.signaling_port
+        self.names = frozenset({self.fqdn, *config.teams.tenants})
+        self.allow_refer = config.teams.allow_refer
         self._teams_hosts = set(config.teams.proxies) | set(config.teams.resolve)
 
-    @property
-    def record_route(self) -> str:
-        return f"<sip:{self.fqdn}:{self.port};transport=tls;lr;r2=on>"
+    def record_route(self, fqdn: str | None = None) -> str:
+        return f"<sip:{fqdn or self.fqdn}:{self.port};transport=tls;lr;r2=on>"
 
     def is_teams_host(self, host: str) -> bool:
         h = host.lower().rstrip(".")
         return h in self._teams_hosts or h.endswith(TEAMS_DOMAINS)
 
-    def is_me(self, uri: SipUri) -> bool:
-        return uri.host.lower().rstrip(".") == self.fqdn and (uri.port or 5061) == self.port
+    def name_of(self, uri: SipUri) -> str | None:
+        """Our FQDN (base or tenant) when `uri` names this SBC on the Teams side, else None."""
+        host = uri.host.lower().rstrip(".")
+        if host in self.names and (uri.port or 5061) == self.port:
+            return host
+        return None
 
-    def contact_for(self, value: str) -> str:
+    def is_me(self, uri: SipUri) -> bool:
+        return self.name_of(uri) is not None
+
+    def contact_for(self, value: str, fqdn: str | None = None) -> str:
         """Rewrite one Contact value to the SBC FQDN, carrying the original URI along."""
         na = parse_name_addr(value)
         if na.uri.startswith("<") or na.uri == "*":
@@ -71,29 +81,30 @@ class TeamsIdentity:
             orig = parse_uri(na.uri)
         except ParseError:
             return value
-        if orig.host.lower() == self.fqdn:
+        if orig.host.lower() in self.names:
             return value  # already ours (our own keep-alive answer, or a spiral)
         user = f"{orig.user}@" if orig.user else ""
-        new = f"sip:{user}{self.fqdn}:{self.port};transport=tls;{CONTACT_PARAM}={encode_contact(na.uri)}"
+        new = (f"sip:{user}{fqdn or self.fqdn}:{self.port};transport=tls;"
+               f"{CONTACT_PARAM}={encode_contact(na.uri)}")
         return str(NameAddr(new, na.display, na.params))
 
     def original_target(self, ruri: SipUri) -> str | None:
         """The PBX contact hidden in a Request-URI we handed out as Contact, or None."""
         v = ruri.params.get(CONTACT_PARAM)
-        if v is None or ruri.host.lower() != self.fqdn:
+        if v is None or ruri.host.lower() not in self.names:
             return None
         return decode_contact(v)
 
 
-def rewrite_toward_teams(msg: Message, ident: TeamsIdentity) -> None:
+def rewrite_toward_teams(msg: Message, ident: TeamsIdentity, fqdn: str | None = None) -> None:
     """Headers every message to Teams must carry (reference 3, 4, 5, 7)."""
     h = msg.headers
     contacts = h.get_all("contact")
     if contacts:
-        h.replace_all("contact", [ident.contact_for(c) for c in contacts])
+        h.replace_all("contact", [ident.contact_for(c, fqdn) for c in contacts])
     h.set("x-ms-sbc", X_MS_SBC)
     allows = h.get_all("allow")
-    if allows:
+    if allows and not ident.allow_refer:
         h.set("allow", strip_refer(", ".join(allows)))  # several Allow lines are one list (RFC 3261 7.3.1)
     if isinstance(msg, Request):
         h.remove("replaces")  # Teams refuses Replaces from an SBC (since April 2022)

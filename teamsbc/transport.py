@@ -24,6 +24,11 @@ log = logging.getLogger("teamsbc.transport")
 
 CONNECT_TIMEOUT = 5.0
 TLS_HANDSHAKE_TIMEOUT = 5.0
+MAINTENANCE_INTERVAL = 5.0
+
+
+class TeamsIdentityError(Exception):
+    """The peer's certificate verified but does not carry a Teams name."""
 
 
 class StreamConn(asyncio.Protocol):
@@ -35,12 +40,19 @@ class StreamConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.src: Source | None = None
         self.closed = False
+        self.born = shell.loop.time()
+        self.last_tx = self.born
+        self.tokens: set = set()            # client transactions whose requests went out here
+        self._early = bytearray()           # bytes that arrived before connection_made (start_tls)
+        self._keepalive: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.src = Source(self.leg, self.proto, (peer[0], peer[1]), self)
         self.shell.conns.add(self)
+        if self.key is not None and self.leg == TEAMS:
+            self._arm_keepalive()
         if self.key is None and self.leg == PBX:
             # the PBX's own connection also carries our requests to that address (no second one)
             self.key = (PBX, self.proto, peer[0], peer[1])
@@ -49,6 +61,9 @@ class StreamConn(asyncio.Protocol):
             log.debug("connection from %s:%d on the %s leg (%s)", peer[0], peer[1], self.leg, self.proto)
 
     def data_received(self, data: bytes) -> None:
+        if self.src is None:
+            self._early += data
+            return
         try:
             frames = self.framer.feed(data)
         except ParseError as e:
@@ -62,17 +77,53 @@ class StreamConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         self.shell.conn_lost(self)
+
+    def flush_early(self) -> None:
+        if self._early:
+            data, self._early = bytes(self._early), bytearray()
+            self.data_received(data)
 
     def write(self, data: bytes) -> bool:
         if self.closed or self.transport is None or self.transport.is_closing():
             return False
         self.transport.write(data)
+        self.last_tx = self.shell.loop.time()
         return True
+
+    def _arm_keepalive(self) -> None:
+        interval = self.shell.config.teams.keepalive_interval
+        self._keepalive = self.shell.loop.call_later(interval, self._send_keepalive)
+
+    def _send_keepalive(self) -> None:
+        """RFC 5626 double-CRLF ping on our own idle connections: Teams drops a connection idle
+        for 2 minutes, and only keep-alives sent by the SBC reset that timer (reference 2)."""
+        if self.closed:
+            return
+        if self.shell.loop.time() - self.last_tx >= self.shell.config.teams.keepalive_interval - 0.5:
+            self.write(b"\r\n\r\n")
+        self._arm_keepalive()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()
+
+
+class TlsAcceptor(asyncio.Protocol):
+    """The plain-TCP first moments of a connection Teams opens. We start TLS ourselves (instead
+    of create_server(ssl=...)) so that a refused handshake is logged with its reason."""
+
+    def __init__(self, shell: "Shell"):
+        self.shell = shell
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]  # the ClientHello waits in the socket
+        self.shell.loop.create_task(self.shell.accept_tls(transport))  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
+        pass
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
@@ -107,14 +158,16 @@ class Shell:
         self._connecting: dict[tuple, list[tuple[bytes, Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._retiring: set[StreamConn] = set()
+        self._maintenance: asyncio.TimerHandle | None = None
+        self.stats = {"tls_handshakes": 0, "tls_failures": 0}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         c = self.config
         tl = c.teams.listen
         self._servers.append(await self.loop.create_server(
-            lambda: StreamConn(self, TEAMS, "tls"), tl.host, tl.port, ssl=self.server_ctx,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT, reuse_address=True))
+            lambda: TlsAcceptor(self), tl.host, tl.port, reuse_address=True))
         pl = c.pbx.listen
         if c.pbx.transport == "udp":
             _, proto = await self.loop.create_datagram_endpoint(
@@ -124,6 +177,7 @@ class Shell:
             self._servers.append(await self.loop.create_server(
                 lambda: StreamConn(self, PBX, "tcp"), pl.host, pl.port, reuse_address=True))
         log.info("listening: teams tls %s, pbx %s %s -> pbx trunk %s", tl, c.pbx.transport, pl, c.pbx.address)
+        self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful: stop accepting, let transactions in progress finish (bounded), close."""
@@ -134,6 +188,8 @@ class Shell:
             await asyncio.sleep(0.05)
         if self._timer:
             self._timer.cancel()
+        if self._maintenance:
+            self._maintenance.cancel()
         for conn in list(self.conns):
             conn.close()
         if self._udp and self._udp.transport:
@@ -168,6 +224,77 @@ class Shell:
         self._timer = None
         self.dispatch(self.proxy.handle_timer(self.loop.time()))
 
+    def kick(self) -> None:
+        """Run the core's due timers now (start-up: the first OPTIONS go out at once)."""
+        self._on_timer()
+
+    # ------------------------------------------------------------------ TLS identity
+    async def accept_tls(self, raw: asyncio.Transport) -> None:
+        peer = raw.get_extra_info("peername") or ("?", 0)
+        conn = StreamConn(self, TEAMS, "tls")
+        try:
+            tls = await asyncio.wait_for(self.loop.start_tls(
+                raw, conn, self.server_ctx, server_side=True,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT), TLS_HANDSHAKE_TIMEOUT + 1)
+        except (OSError, asyncio.TimeoutError, ConnectionError) as e:
+            self.stats["tls_failures"] += 1
+            log.warning("TLS handshake from %s:%d refused: %s", peer[0], peer[1], _describe(e))
+            raw.close()
+            return
+        if tls is None:
+            raw.close()
+            return
+        problem = self.teams_identity_problem(tls.get_extra_info("peercert"))
+        if problem:
+            self.stats["tls_failures"] += 1
+            log.warning("TLS peer %s:%d refused: %s", peer[0], peer[1], problem)
+            tls.abort()
+            return
+        self.stats["tls_handshakes"] += 1
+        conn.connection_made(tls)
+        conn.flush_early()
+
+    def teams_identity_problem(self, cert: dict | None) -> str | None:
+        """None when the verified peer certificate carries a name Teams uses (reference 2:
+        Teams' certificate has sip.pstnhub.microsoft.com, or the GCC High / DoD name)."""
+        if not cert:
+            return "no client certificate (Teams always presents one)"
+        names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+        wanted = self.config.teams.require_san
+        for want in wanted:
+            for n in names:
+                if n == want or (n.startswith("*.") and want.split(".", 1)[-1] == n[2:] and want.count(".") == n.count(".")):
+                    return None
+        return f"certificate names {names or ['(none)']} do not include {' or '.join(wanted)}"
+
+    # ------------------------------------------------------------------ connection upkeep
+    def _maintain(self) -> None:
+        """Renew our own connections after connection_max_age (reference 2: at least hourly),
+        and close retired ones once no transaction that used them is still running."""
+        now = self.loop.time()
+        max_age = self.config.teams.connection_max_age
+        for key, conn in list(self._pool.items()):
+            if conn.leg == TEAMS and now - conn.born >= max_age:
+                self.retire(conn, "older than teams.connection_max_age")
+        for conn in list(self._retiring):
+            conn.tokens = {t for t in conn.tokens if self.proxy.is_client_active(t)}
+            if not conn.tokens or conn.closed:
+                self._retiring.discard(conn)
+                conn.close()
+        self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
+
+    def retire(self, conn: StreamConn, why: str) -> None:
+        """New requests get a new connection; this one closes when its transactions are done."""
+        if conn.key is not None and self._pool.get(conn.key) is conn:
+            del self._pool[conn.key]
+        self._retiring.add(conn)
+        log.info("renewing connection to %s:%d (%s)", conn.key[2] if conn.key else "?",
+                 conn.key[3] if conn.key else 0, why)
+
+    def retire_all(self, why: str) -> None:
+        for conn in [c for c in self._pool.values() if c.leg == TEAMS]:
+            self.retire(conn, why)
+
     def framing_error(self, conn: StreamConn, data: bytes, err: ParseError) -> None:
         log.warning("closing %s connection from %s:%d: %s", conn.proto, *conn.src.addr, err.reason)  # type: ignore[union-attr]
         resp = bare_error_response(data, err)
@@ -200,6 +327,8 @@ class Shell:
         conn = self._pool.get(key)
         if conn is not None and not conn.closed:
             conn.write(data)
+            if token is not None:
+                conn.tokens.add(token)
             return
         waiting = self._connecting.get(key)
         if waiting is not None:
@@ -213,14 +342,21 @@ class Shell:
             if dest.leg == TEAMS:
                 hp = self.config.teams.resolve.get(dest.host) or await self._resolve(dest.host, dest.port)
                 conn = StreamConn(self, TEAMS, "tls", key)
-                await asyncio.wait_for(self.loop.create_connection(
+                tr, _ = await asyncio.wait_for(self.loop.create_connection(
                     lambda: conn, hp.host, hp.port, ssl=self.client_ctx, server_hostname=dest.host,
                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT), CONNECT_TIMEOUT + TLS_HANDSHAKE_TIMEOUT)
+                problem = self.teams_identity_problem(tr.get_extra_info("peercert"))
+                if problem:
+                    tr.abort()
+                    raise TeamsIdentityError(problem)
+                self.stats["tls_handshakes"] += 1
             else:
                 conn = StreamConn(self, PBX, dest.transport, key)
                 await asyncio.wait_for(self.loop.create_connection(lambda: conn, dest.host, dest.port),
                                        CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, TeamsIdentityError) as e:
+            if dest.leg == TEAMS:
+                self.stats["tls_failures"] += 1
             reason = _describe(e)
             log.warning("cannot connect to %s:%d (%s) on the %s leg: %s", dest.host, dest.port,
                         dest.transport, dest.leg, reason)
@@ -233,8 +369,10 @@ class Shell:
             self.dispatch(sends)
             return
         self._pool[key] = conn
-        for data, _ in self._connecting.pop(key, []):
+        for data, token in self._connecting.pop(key, []):
             conn.write(data)
+            if token is not None:
+                conn.tokens.add(token)
 
     async def _resolve(self, host: str, port: int) -> HostPort:
         infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -245,6 +383,8 @@ class Shell:
 
 
 def _describe(e: BaseException) -> str:
+    if isinstance(e, TeamsIdentityError):
+        return str(e)
     if isinstance(e, asyncio.TimeoutError):
         return "timed out"
     if isinstance(e, ssl.SSLCertVerificationError):

@@ -30,7 +30,8 @@ class SbcProcess:
                  pbx_listen_port: int | None = None,
                  proxies: list[str] | None = None,
                  extra: dict[str, Any] | None = None,
-                 invite_timeout: float | None = None):
+                 invite_timeout: float | None = None,
+                 keepalive: bool = False):
         self.dir = Path(tmp_path) / "sbc"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs = procs
@@ -53,11 +54,14 @@ class SbcProcess:
             teams["proxies"] = proxies
         if invite_timeout is not None:
             teams["invite_timeout"] = invite_timeout
+        if not keepalive:
+            # sipp peers count an unexpected OPTIONS as a failed call: pings off unless asked
+            teams["options_interval"] = 0
         self.config: dict[str, Any] = {
             "sbc": {"fqdn": pki.sbc_fqdn},
             "teams": teams,
             "pbx": {"listen": f"{LOOPBACK}:{self.pbx_listen_port}", "transport": pbx_transport,
-                    "address": f"{pbx_host}:{pbx_port}"},
+                    "address": f"{pbx_host}:{pbx_port}", "options_interval": 30 if keepalive else 0},
             "numbers": {"country_code": "44"},
             "log": {"level": "debug"},
         }
