@@ -27,6 +27,9 @@ TEAMS_SAN = {
 }
 
 
+DEFAULT_PBX_CODECS = ("PCMA", "PCMU", "G722", "telephone-event")
+
+
 class ConfigError(Exception):
     def __init__(self, errors: list[str]):
         super().__init__("\n".join(errors))
@@ -89,7 +92,12 @@ class PbxSection:
 
 @dataclass(frozen=True, slots=True)
 class MediaSection:
-    rtpengine: tuple[str, ...] = ()
+    rtpengine: tuple[str, ...] = ()   # NG addresses: udp:IP:PORT | http://IP:PORT | ws://IP:PORT [;weight=N]
+    pbx_codecs: tuple[str, ...] = ("PCMA", "PCMU", "G722", "telephone-event")  # = DEFAULT_PBX_CODECS
+    interfaces: tuple[str, str] | None = None   # rtpengine interface names (teams side, pbx side)
+    timeout: float = 2.0              # one NG command, retransmissions included
+    teams_ice: str = "lite"           # lite | remove: ICE toward Teams
+    ping_interval: float = 5.0        # health pings to each rtpengine
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,11 +329,28 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
     pbx_opt = float(r.number(pb, "pbx", "options_interval", 30, 0, 600))
     pbx_opt_timeout = float(r.number(pb, "pbx", "options_timeout", 5, 0.5, 32))
 
-    m = r.section(data, "media", {"rtpengine"}, required=False)
+    m = r.section(data, "media", {"rtpengine", "pbx_codecs", "interfaces", "timeout", "teams_ice",
+                                  "ping_interval"}, required=False)
     rtp = m.get("rtpengine", []) or []
     if not isinstance(rtp, list) or not all(isinstance(x, str) for x in rtp):
         r.err("media.rtpengine", "must be a list of rtpengine addresses like udp:127.0.0.1:22222")
         rtp = []
+    codecs = m.get("pbx_codecs", list(DEFAULT_PBX_CODECS))
+    if not isinstance(codecs, list) or not codecs or not all(isinstance(x, str) and x for x in codecs):
+        r.err("media.pbx_codecs", "must be a list of codec names the PBX decodes, e.g. [PCMA, PCMU, G722]")
+        codecs = list(DEFAULT_PBX_CODECS)
+    if "telephone-event" not in codecs:
+        codecs.append("telephone-event")  # DTMF to Teams is RFC 4733 only (reference 8)
+    ifaces_v = m.get("interfaces")
+    ifaces = None
+    if ifaces_v is not None:
+        if isinstance(ifaces_v, dict) and set(ifaces_v) == {"teams", "pbx"} and all(isinstance(v, str) for v in ifaces_v.values()):
+            ifaces = (ifaces_v["teams"], ifaces_v["pbx"])
+        else:
+            r.err("media.interfaces", "must be {teams: IFACE, pbx: IFACE} with rtpengine interface names")
+    media_timeout = float(r.number(m, "media", "timeout", 2.0, 0.2, 30))
+    teams_ice = r.str_(m, "media", "teams_ice", "lite", ("lite", "remove")) or "lite"
+    ping_iv = float(r.number(m, "media", "ping_interval", 5.0, 0.5, 300))
 
     n = r.section(data, "numbers", {"country_code", "international_prefix", "national_prefix"}, required=False)
     numbers = NumbersSection()
@@ -356,7 +381,7 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
                            allow_refer, opt503, tuple(x.lower() for x in san_v), tenants, keepalive,
                            max_age),
         pbx=PbxSection(pbx_listen, pbx_transport, pbx_address, pbx_opt, pbx_opt_timeout),
-        media=MediaSection(tuple(rtp)),
+        media=MediaSection(tuple(rtp), tuple(codecs), ifaces, media_timeout, teams_ice, ping_iv),
         numbers=numbers,
         log=LogSection(level),
         certs_dir=certs_dir,

@@ -20,7 +20,7 @@ from .sip.grammar import MAGIC_COOKIE
 from .sip.message import Headers, Request, Response, make_response, parse_message
 from .sip.transaction import (ClientTransaction, Deliver, ServerTransaction, TimedOut, Transmit,
                               TransportFailed, client_key, server_key)
-from .sip.uri import parse_via
+from .sip.uri import parse_name_addr, parse_via
 
 log = logging.getLogger("teamsbc.proxy")
 
@@ -52,6 +52,14 @@ class Send:
     data: bytes
     to: Source | Destination
     token: Any = None  # handed back to Proxy.transport_failed() if the send fails
+
+
+@dataclass(slots=True)
+class MediaCall:
+    """Run one rtpengine NG command. With an `op`, hand the reply (or the exception) back
+    through Proxy.media_done(op, result, now); without, fire and forget (deletes)."""
+    op: int | None
+    command: dict
 
 
 # --- decisions the router returns --------------------------------------------------------
@@ -119,7 +127,7 @@ class _Relay:
 
     __slots__ = ("server", "src", "request", "decision", "client", "dest", "index",
                  "provisional_sent", "cancelled", "deadline", "final_sent", "abandoned",
-                 "call_id", "loop")
+                 "call_id", "loop", "media_busy", "queue")
 
     def __init__(self, server: _Server, request: Request, decision: Forward, loop: str):
         self.loop = loop
@@ -136,6 +144,8 @@ class _Relay:
         self.final_sent = False
         self.abandoned: list[ClientTransaction] = []
         self.call_id = request.call_id
+        self.media_busy = False          # an rtpengine answer is running: later responses wait
+        self.queue: list[tuple[ClientTransaction, Response]] = []
 
     # the relay is on the timer heap for its failover deadline
     @property
@@ -148,8 +158,11 @@ class _Relay:
 
 class Proxy:
     def __init__(self, router: Any, legs: dict[str, Leg], *, invite_timeout: float = 4.0,
-                 reliable: dict[str, bool] | None = None):
+                 media: Any = None):
         self.router = router
+        self.media = media  # media.anchor.MediaAnchor, or None for signalling only
+        self._media_ops: dict[int, Any] = {}
+        self._op_seq = itertools.count(1)
         self.legs = legs
         self.invite_timeout = invite_timeout
         self._server: dict[tuple, _Server] = {}
@@ -277,6 +290,13 @@ class Proxy:
             return
         relay = _Relay(sv, req, decision, loop)
         self._relays[key] = relay
+        if self.media is not None:
+            step = self.media.for_request(decision.request, decision.targets[0].dest.leg)
+            if step is not None and not step.wait:
+                out.append(MediaCall(None, step.command))
+            elif step is not None:
+                self._await_media(step, out, lambda reply, at, o: self._offer_done(relay, reply, at, o))
+                return
         self._next_target(relay, now, out)
 
     def _check_forwardable(self, req: Request, loop: str) -> tuple[int, str] | None:
@@ -341,6 +361,7 @@ class Proxy:
             relay.final_sent = True
             self._respond(relay.server, self._local_response(
                 relay.request, Reply(487, "Request Terminated"), src.leg), now, out)
+            self._media_forget(relay, out)
 
     def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list[Send],
                      identity: str | None = None) -> None:
@@ -368,6 +389,19 @@ class Proxy:
             log.info("ACK from %s:%d not routable: %s call_id=%s", *src.addr,
                      getattr(decision, "log", None) or getattr(decision, "reason", ""), ack.call_id)
             return
+        step = self.media.for_request(decision.request, decision.targets[0].dest.leg) if self.media else None
+        if step is not None and step.wait:
+            def done(reply: Any, at: float, o: list) -> None:
+                if isinstance(reply, Exception):
+                    log.error("rtpengine answer for ACK failed (%s) call_id=%s", reply, ack.call_id)
+                    return
+                decision.request.body = str(reply.get("sdp", "")).encode()
+                self._send_stateless_ack(ack, decision, o)
+            self._await_media(step, out, done)
+            return
+        self._send_stateless_ack(ack, decision, out)
+
+    def _send_stateless_ack(self, ack: Request, decision: Forward, out: list) -> None:
         target = decision.targets[0]
         req = decision.request
         incoming_branch = ack.top_via.branch or ""
@@ -482,7 +516,7 @@ class Proxy:
         return token in self._client
 
     def _on_branch_response(self, relay: _Relay, ctx: ClientTransaction, resp: Response,
-                            now: float, out: list[Send]) -> None:
+                            now: float, out: list[Send], media_done: bool = False) -> None:
         status = resp.status
         if ctx in relay.abandoned:
             if status < 200 and status != 100:
@@ -495,6 +529,15 @@ class Proxy:
             relay.deadline = None  # the target answered: no failover on silence any more
         if status == 100:
             return
+        if self.media is not None and not media_done:
+            if relay.media_busy:
+                relay.queue.append((ctx, resp))  # keep the order of responses
+                return
+            step = self.media.for_response(resp, ctx.request, relay.src.leg)
+            if step is not None:
+                relay.media_busy = True
+                self._await_media(step, out, lambda reply, at, o: self._answer_done(relay, ctx, resp, reply, at, o))
+                return
         if relay.cancelled and status < 200 and ctx.state == "proceeding":
             self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
         if status < 200:
@@ -523,6 +566,108 @@ class Proxy:
         relay.final_sent = True
         relay.deadline = None
         self._upstream(relay, resp, now, out)
+        self._media_forget(relay, out)
+
+    # ---------------------------------------------------------------- media (rtpengine)
+    def media_done(self, op: int, result: Any, now: float) -> list:
+        """The reply (a dict) or the exception of a MediaCall we asked the shell to run."""
+        cont = self._media_ops.pop(op, None)
+        out: list = []
+        if cont is not None:
+            cont(result, now, out)
+        return out
+
+    def _await_media(self, step: Any, out: list, cont: Any) -> None:
+        op = next(self._op_seq)
+        self._media_ops[op] = cont
+        out.append(MediaCall(op, step.command))
+
+    def _media_forget(self, relay: _Relay, out: list) -> None:
+        if self.media is not None:
+            step = self.media.for_failed_call(relay.request)
+            if step is not None:
+                out.append(MediaCall(None, step.command))
+
+    def _offer_done(self, relay: _Relay, reply: Any, now: float, out: list) -> None:
+        if relay.final_sent:
+            self._media_forget(relay, out)  # CANCELled while rtpengine was working
+            return
+        if isinstance(reply, Exception) or "sdp" not in reply:
+            why = reply if isinstance(reply, Exception) else "reply without sdp"
+            log.error("media offer failed, call refused: %s call_id=%s", why, relay.call_id)
+            relay.final_sent = True
+            self._respond(relay.server, self._local_response(
+                relay.request, Reply(503, "Service Unavailable"), relay.src.leg), now, out)
+            self._media_forget(relay, out)
+            return
+        relay.decision.request.body = str(reply["sdp"]).encode()
+        self._next_target(relay, now, out)
+
+    def _answer_done(self, relay: _Relay, ctx: ClientTransaction, resp: Response, reply: Any,
+                     now: float, out: list) -> None:
+        relay.media_busy = False
+        if isinstance(reply, Exception) or "sdp" not in reply:
+            why = reply if isinstance(reply, Exception) else "reply without sdp"
+            log.error("media answer failed, tearing the call down: %s call_id=%s", why, relay.call_id)
+            self._teardown(relay, ctx, resp, now, out)
+            return
+        resp.body = str(reply["sdp"]).encode()
+        self._on_branch_response(relay, ctx, resp, now, out, media_done=True)
+        while relay.queue and not relay.media_busy:
+            qctx, qresp = relay.queue.pop(0)
+            self._on_branch_response(relay, qctx, qresp, now, out)
+
+    def _teardown(self, relay: _Relay, ctx: ClientTransaction, resp: Response, now: float, out: list) -> None:
+        """The call cannot have media: end it on both legs (issue: never a call without media)."""
+        relay.queue.clear()
+        if resp.status >= 200:
+            self._end_answered_branch(relay, ctx, resp, now, out)
+        elif ctx.state == "proceeding":
+            relay.cancelled = True
+            self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
+        if not relay.final_sent:
+            relay.final_sent = True
+            self._respond(relay.server, self._local_response(
+                relay.request, Reply(503, "Service Unavailable"), relay.src.leg), now, out)
+        self._media_forget(relay, out)
+
+    def _end_answered_branch(self, relay: _Relay, ctx: ClientTransaction, resp: Response,
+                             now: float, out: list) -> None:
+        """ACK and BYE a 2xx we will not relay, along the callee's side of the route set."""
+        dest_leg = relay.dest.leg if relay.dest else None
+        if dest_leg is None:
+            return
+        rr = resp.headers.get_all("record-route")
+        mine = next((i for i, v in enumerate(rr) if self.router.is_own_route(v)), len(rr))
+        routes = list(reversed(rr[:mine]))
+        contact = resp.headers.get("contact")
+        if not contact:
+            return
+        target = parse_name_addr(contact).uri
+        hop = self.router.hop_toward(parse_name_addr(routes[0]).uri if routes else target, dest_leg)
+        if hop is None:
+            return
+        leg = self.legs[dest_leg]
+        cseq = ctx.request.cseq.number
+
+        def request(method: str, number: int) -> Request:
+            h = Headers()
+            rport = ";rport" if hop.transport == "udp" else ""
+            h.add("via", f"SIP/2.0/{hop.transport.upper()} {leg.via_host}:{leg.via_port};"
+                         f"branch={MAGIC_COOKIE}-{os.urandom(8).hex()}{rport}")
+            for r in routes:
+                h.add("route", r)
+            h.add("max-forwards", "70")
+            h.add("from", ctx.request.headers.get("from") or "")
+            h.add("to", resp.headers.get("to") or "")
+            h.add("call-id", resp.call_id)
+            h.add("cseq", f"{number} {method}")
+            req = Request(method, target, h)
+            self.router.outgoing(req, dest_leg, relay.decision.identity)
+            return req
+
+        out.append(Send(request("ACK", cseq).to_bytes(), hop))
+        out.extend(self.originate(request("BYE", cseq + 1), hop, now, _ignore_result))
 
     def _upstream(self, relay: _Relay, resp: Response, now: float, out: list[Send]) -> None:
         """16.7: forward a response to the request's sender through the server transaction."""
@@ -597,6 +742,10 @@ class Proxy:
         t = obj.next_timer()
         if t is not None and not obj.terminated:
             heapq.heappush(self._timers, (t, next(self._seq), obj))
+
+
+def _ignore_result(*_: Any) -> None:
+    pass
 
 
 def retry_after(resp: Response) -> float | None:

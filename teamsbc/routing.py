@@ -81,6 +81,12 @@ class Router:
         """PBX -> Teams: +E.164 everywhere, sip/sip2/sip3 in order (reference section 5)."""
         if req.method != "INVITE":
             return Reply(405, "Method Not Allowed", [("Allow", ALLOW_PBX)])
+        if not req.body:
+            # Teams needs the offer in the INVITE (reference section 5)
+            return Reply(488, "Delayed Offer Not Supported", [(
+                "Warning", f'399 {self.teams.fqdn} "INVITE without SDP (delayed offer) is not supported '
+                           'by Teams: enable early offer on the PBX trunk"')],
+                log="INVITE without SDP from the PBX (delayed offer)")
         number = to_e164(req.ruri.user or "", self.config.numbers)
         if number is None:
             return Reply(484, "Address Incomplete", log=f"{req.ruri.user!r} cannot be made +E.164 "
@@ -286,6 +292,22 @@ class Router:
             h.pop_first("route")
             popped.append(uri)
         return popped
+
+    def is_own_route(self, value: str) -> bool:
+        try:
+            return self.is_own_uri(parse_name_addr(value).sip_uri())
+        except ParseError:
+            return False
+
+    def hop_toward(self, uri: str, leg: str) -> Destination | None:
+        """Where a request we originate in a dialog goes on `leg` (teardown of a call)."""
+        try:
+            u = parse_uri(uri)
+        except ParseError:
+            return None
+        if leg == TEAMS:
+            return self.teams_dest(u.host_bare, u.port) if self.teams.is_teams_host(u.host) else None
+        return self.pbx_dest_for(u)
 
     def is_own_uri(self, uri: SipUri) -> bool:
         if self.teams.is_me(uri):

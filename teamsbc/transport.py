@@ -16,7 +16,7 @@ import ssl
 from typing import Any
 
 from .config import Config, HostPort
-from .proxy import PBX, TEAMS, Destination, Proxy, Send, Source, bare_error_response
+from .proxy import PBX, TEAMS, Destination, MediaCall, Proxy, Send, Source, bare_error_response
 from .sip.errors import ParseError
 from .sip.message import KEEPALIVE_PING, StreamFramer
 
@@ -145,11 +145,12 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 class Shell:
     def __init__(self, config: Config, proxy: Proxy, server_ctx: ssl.SSLContext,
-                 client_ctx: ssl.SSLContext):
+                 client_ctx: ssl.SSLContext, media: Any = None):
         self.config = config
         self.proxy = proxy
         self.server_ctx = server_ctx
         self.client_ctx = client_ctx
+        self.media = media  # something with `async request(command) -> dict` (media.pool)
         self.loop = asyncio.get_running_loop()
         self.conns: set[StreamConn] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -201,8 +202,11 @@ class Shell:
     def deliver(self, data: bytes, src: Source) -> None:
         self.dispatch(self.proxy.receive(data, src, self.loop.time()))
 
-    def dispatch(self, sends: list[Send]) -> None:
+    def dispatch(self, sends: list) -> None:
         for s in sends:
+            if isinstance(s, MediaCall):
+                self.loop.create_task(self._run_media(s))
+                continue
             to = s.to
             if isinstance(to, Source):
                 self._send_to_source(s.data, to)
@@ -219,6 +223,18 @@ class Shell:
                 self._timer.cancel()
             self._timer_at = t
             self._timer = self.loop.call_at(t, self._on_timer)
+
+    async def _run_media(self, call: MediaCall) -> None:
+        try:
+            if self.media is None:
+                raise RuntimeError("no rtpengine configured")
+            result: Any = await self.media.request(call.command)
+        except Exception as e:  # NgError, NgTimeout, NoMediaAvailable...: the core decides
+            result = e
+            log.warning("rtpengine %s failed: %s call_id=%s", call.command.get("command"), e,
+                        call.command.get("call-id"))
+        if call.op is not None:
+            self.dispatch(self.proxy.media_done(call.op, result, self.loop.time()))
 
     def _on_timer(self) -> None:
         self._timer = None

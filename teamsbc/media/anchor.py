@@ -1,0 +1,98 @@
+"""When a call's media goes through rtpengine, and with which NG command. Sans-IO.
+
+The proxy asks at three moments: a request it is about to relay (offer, answer in an ACK,
+delete on BYE/CANCEL), a response with SDP it is about to relay (answer, or the offer of an
+offerless re-INVITE's 200), and a call that failed (delete). It gets back a `Step`: either a
+command to run and wait for (the SDP in the reply replaces the body) or one to fire and forget.
+Tags and per-side options come from sdp_policy (reference rtpengine.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import MediaSection
+from ..sip.message import Message, Request, Response
+from . import sdp_policy
+
+SDP_TYPE = "application/sdp"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    command: dict[str, Any]
+    wait: bool            # True: relay the message only with the SDP from the reply
+
+
+def sdp_of(msg: Message) -> str | None:
+    if not msg.body:
+        return None
+    ctype = (msg.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if ctype != SDP_TYPE:
+        return None
+    try:
+        return msg.body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _tags(msg: Message) -> tuple[str, str | None]:
+    return msg.from_addr.tag or "", msg.to_addr.tag
+
+
+class MediaAnchor:
+    def __init__(self, settings: MediaSection):
+        self.s = settings
+
+    def _side_kw(self, toward: str) -> dict[str, Any]:
+        return {"ice": self.s.teams_ice} if toward == "teams" else {}
+
+    def for_request(self, req: Request, toward: str) -> Step | None:
+        call_id = req.call_id
+        if req.method in ("BYE", "CANCEL"):
+            return Step(sdp_policy.delete(call_id), wait=False)
+        sdp = sdp_of(req)
+        if sdp is None:
+            return None  # offerless re-INVITE: the offer comes in the 200, the answer in the ACK
+        f, t = _tags(req)
+        if req.method in ("INVITE", "UPDATE"):
+            initial = t is None
+            from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=True, is_offer=True)
+            return Step(sdp_policy.offer(
+                sdp, call_id, from_tag, toward, to_tag=to_tag, codecs_to_pbx=self.s.pbx_codecs,
+                interfaces=self._direction(toward) if initial else None, initial=initial,
+                **self._side_kw(toward)), wait=True)
+        if req.method == "ACK":
+            from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=True, is_offer=False)
+            return Step(sdp_policy.answer(sdp, call_id, from_tag, to_tag or "", toward,
+                                          **self._side_kw(toward)), wait=True)
+        return None
+
+    def for_response(self, resp: Response, request: Request, toward: str) -> Step | None:
+        if request.method not in ("INVITE", "UPDATE") or not (180 <= resp.status < 300):
+            return None
+        sdp = sdp_of(resp)
+        if sdp is None:
+            return None
+        f, t = _tags(resp)
+        if sdp_of(request) is not None:
+            from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=False)
+            return Step(sdp_policy.answer(sdp, request.call_id, from_tag, to_tag or "", toward,
+                                          **self._side_kw(toward)), wait=True)
+        # the 200 of an offerless re-INVITE carries the offer (tags swap: the callee offers)
+        from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=True)
+        return Step(sdp_policy.offer(sdp, request.call_id, from_tag, toward, to_tag=to_tag,
+                                     codecs_to_pbx=self.s.pbx_codecs, initial=False,
+                                     **self._side_kw(toward)), wait=True)
+
+    def for_failed_call(self, request: Request) -> Step | None:
+        """A new call that ended without answer: its rtpengine session goes too."""
+        if request.method == "INVITE" and request.to_addr.tag is None and sdp_of(request) is not None:
+            return Step(sdp_policy.delete(request.call_id), wait=False)
+        return None
+
+    def _direction(self, toward: str) -> tuple[str, str] | None:
+        if self.s.interfaces is None:
+            return None
+        teams_if, pbx_if = self.s.interfaces
+        return (teams_if, pbx_if) if toward == "pbx" else (pbx_if, teams_if)
