@@ -7,6 +7,7 @@ import signal
 
 from .config import Config
 from .health import HealthBook, Pinger
+from .media.anchor import MediaAnchor
 from .proxy import Proxy
 from .routing import Router
 from .sip.transaction import Timers
@@ -20,7 +21,8 @@ def build(config: Config, now: float | None = None, *, keepalive: bool = False) 
     """The sans-IO core. With `keepalive`, OPTIONS pings start at `now` (the first ones at once)."""
     health = HealthBook()
     router = Router(config, health)
-    proxy = Proxy(router, router.legs, invite_timeout=config.teams.invite_timeout)
+    media = MediaAnchor(config.media) if config.media.rtpengine else None
+    proxy = Proxy(router, router.legs, invite_timeout=config.teams.invite_timeout, media=media)
     if keepalive:
         assert now is not None
         timeouts = {}
