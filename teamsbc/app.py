@@ -11,7 +11,7 @@ from .media.anchor import MediaAnchor
 from .proxy import Proxy
 from .routing import Router
 from .sip.transaction import Timers
-from .tls import client_context, server_context
+from .tls import client_context, describe_certificate, server_context
 from .transport import Shell
 
 log = logging.getLogger("teamsbc")
@@ -53,7 +53,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    log.info("teamsbc ready: sbc %s", config.sbc.fqdn)
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: shell.reload_certificate("SIGHUP"))
+    except (NotImplementedError, RuntimeError):
+        pass
+    log.info("teamsbc ready: sbc %s, certificate %s", config.sbc.fqdn, describe_certificate(t.certificate))
     shell.kick()  # first OPTIONS go out now
     if ready:
         ready.set()

@@ -53,3 +53,75 @@ def client_context(cert: Path, key: Path, trusted: Path | None) -> ssl.SSLContex
     ctx = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key, trusted)
     ctx.check_hostname = True
     return ctx
+
+
+def certificate_problem(cert: Path, key: Path) -> str | None:
+    """Why this certificate/key pair cannot go live in the running SBC, or None.
+    (The full ACME gate runs before files are installed; this is the last check at reload.)"""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        probe.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as e:
+        return f"certificate and key do not load together: {e.reason or e}"
+    except OSError as e:
+        return f"cannot read {e.filename}: {e.strerror}"
+    return None
+
+
+def reload_contexts(contexts: list[ssl.SSLContext], cert: Path, key: Path) -> str | None:
+    """Load a new certificate into live contexts: handshakes from now on present it, existing
+    connections keep theirs. Returns the problem instead of half-loading."""
+    problem = certificate_problem(cert, key)
+    if problem:
+        return problem
+    for ctx in contexts:
+        ctx.load_cert_chain(str(cert), str(key))
+    return None
+
+
+class FileWatch:
+    """Notices when certificate files are replaced (atomic rename: new inode, or new mtime)."""
+
+    def __init__(self, *paths: Path):
+        self.paths = paths
+        self._seen = self._stat()
+
+    def _stat(self) -> tuple:
+        out = []
+        for p in self.paths:
+            try:
+                st = p.stat()
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def changed(self) -> bool:
+        now = self._stat()
+        if now != self._seen and None not in now:
+            self._seen = now
+            return True
+        return False
+
+
+def describe_certificate(path: Path) -> str:
+    """`serial 0x.., CN=.., not after YYYY-MM-DD (N days left)` for log lines."""
+    from datetime import datetime, timezone
+    from cryptography import x509
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as e:
+        return f"unreadable ({e})"
+    left = (cert.not_valid_after_utc - datetime.now(timezone.utc)).days
+    return (f"serial {cert.serial_number:#x}, {cert.subject.rfc4514_string()}, "
+            f"not after {cert.not_valid_after_utc:%Y-%m-%d} ({left} days left)")
+
+
+def days_left(path: Path) -> float | None:
+    from datetime import datetime, timezone
+    from cryptography import x509
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return (cert.not_valid_after_utc - datetime.now(timezone.utc)).total_seconds() / 86400

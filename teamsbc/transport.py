@@ -19,6 +19,7 @@ from .config import Config, HostPort
 from .proxy import PBX, TEAMS, Destination, MediaCall, Proxy, Send, Source, bare_error_response
 from .sip.errors import ParseError
 from .sip.message import KEEPALIVE_PING, StreamFramer
+from .tls import FileWatch, days_left, describe_certificate, reload_contexts
 
 log = logging.getLogger("teamsbc.transport")
 
@@ -161,7 +162,10 @@ class Shell:
         self._timer_at = 0.0
         self._retiring: set[StreamConn] = set()
         self._maintenance: asyncio.TimerHandle | None = None
-        self.stats = {"tls_handshakes": 0, "tls_failures": 0}
+        self.stats = {"tls_handshakes": 0, "tls_failures": 0, "cert_reloads": 0}
+        t = config.teams
+        self._cert_watch = FileWatch(t.certificate, t.private_key)
+        self._next_expiry_log = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -287,7 +291,12 @@ class Shell:
     def _maintain(self) -> None:
         """Renew our own connections after connection_max_age (reference 2: at least hourly),
         and close retired ones once no transaction that used them is still running."""
+        if self._cert_watch.changed():
+            self.reload_certificate("certificate files changed")
         now = self.loop.time()
+        if now >= self._next_expiry_log:
+            self._next_expiry_log = now + 86400
+            self.log_expiry()
         max_age = self.config.teams.connection_max_age
         for key, conn in list(self._pool.items()):
             if conn.leg == TEAMS and now - conn.born >= max_age:
@@ -306,6 +315,30 @@ class Shell:
         self._retiring.add(conn)
         log.info("renewing connection to %s:%d (%s)", conn.key[2] if conn.key else "?",
                  conn.key[3] if conn.key else 0, why)
+
+    def reload_certificate(self, why: str) -> str | None:
+        """New TLS handshakes (both directions) use the certificate on disk from now on; calls
+        are untouched; our own connections to Teams are renewed once their transactions are
+        done (Teams keeps the old certificate on a connection). Returns the problem, if any."""
+        t = self.config.teams
+        problem = reload_contexts([self.server_ctx, self.client_ctx], t.certificate, t.private_key)
+        if problem:
+            log.error("certificate reload (%s) refused, the current one stays: %s", why, problem)
+            return problem
+        self.stats["cert_reloads"] += 1
+        log.info("certificate reloaded (%s): %s", why, describe_certificate(t.certificate))
+        self.retire_all("new certificate")
+        return None
+
+    def log_expiry(self) -> None:
+        """Days left, at start and daily; a warning from 30 days (Teams refuses expired ones)."""
+        left = days_left(self.config.teams.certificate)
+        if left is None:
+            log.error("certificate %s unreadable", self.config.teams.certificate)
+        elif left < 30:
+            log.warning("certificate expires in %.1f days: renew it (teamsbc cert renew)", left)
+        else:
+            log.info("certificate valid for %.0f more days", left)
 
     def retire_all(self, why: str) -> None:
         for conn in [c for c in self._pool.values() if c.leg == TEAMS]:
