@@ -167,11 +167,11 @@ class Proxy:
         self.invite_timeout = invite_timeout
         self._server: dict[tuple, _Server] = {}
         self._relays: dict[tuple, _Relay] = {}          # server key -> relay
-        self._client: dict[tuple, tuple[_Relay | None, ClientTransaction, Destination]] = {}
+        # client key -> (owner: _Relay | result callback | None, transaction, destination)
+        self._client: dict[tuple, tuple[Any, ClientTransaction, Destination]] = {}
         self._timers: list[tuple[float, int, Any]] = []
         self._seq = itertools.count()
         self._secret = os.urandom(8).hex()
-        self._timers_objects: list[Any] = []
         self.stats: dict[str, int] = {"requests": 0, "responses": 0, "parse_errors": 0,
                                       "rejected": 0, "timeouts": 0, "failovers": 0}
 
@@ -266,9 +266,6 @@ class Proxy:
 
         reliable = src.transport != "udp"
         sv = self._server[key] = _Server(ServerTransaction(req, reliable=reliable, now=now), src, key)
-        if req.method == "INVITE":
-            self._respond(sv, self._local_response(req, Reply(100, "Trying"), src.leg), now, out)
-
         loop = self._loop_hash(req)
         problem = self._check_forwardable(req, loop)
         if problem is not None:
@@ -288,6 +285,8 @@ class Proxy:
                          f" ({decision.log})" if decision.log else "", req.call_id)
             self._respond(sv, self._local_response(req, decision, src.leg), now, out)
             return
+        if req.method == "INVITE":  # only now: a dropped request gets nothing at all
+            self._respond(sv, self._local_response(req, Reply(100, "Trying"), src.leg), now, out)
         relay = _Relay(sv, req, decision, loop)
         self._relays[key] = relay
         if self.media is not None:
@@ -509,7 +508,6 @@ class Proxy:
 
     def add_timed(self, obj: Any) -> None:
         """Put an object with next_timer()/handle_timer(now) -> [Send]/terminated on our clock."""
-        self._timers_objects.append(obj)
         self._schedule(obj)
 
     def is_client_active(self, token: Any) -> bool:
