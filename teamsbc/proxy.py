@@ -12,9 +12,11 @@ import heapq
 import itertools
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .events import Observer
 from .sip.errors import ParseError
 from .sip.grammar import MAGIC_COOKIE
 from .sip.message import Headers, Request, Response, make_response, parse_message
@@ -158,8 +160,9 @@ class _Relay:
 
 class Proxy:
     def __init__(self, router: Any, legs: dict[str, Leg], *, invite_timeout: float = 4.0,
-                 media: Any = None):
+                 media: Any = None, observer: Observer | None = None):
         self.router = router
+        self.observer = observer or Observer()
         self.media = media  # media.anchor.MediaAnchor, or None for signalling only
         self._media_ops: dict[int, Any] = {}
         self._op_seq = itertools.count(1)
@@ -187,9 +190,11 @@ class Proxy:
         try:
             if isinstance(msg, Request):
                 self.stats["requests"] += 1
+                self.observer.request(msg.method, src.leg)
                 self._on_request(msg, src, now, out)
             else:
                 self.stats["responses"] += 1
+                self.observer.response(msg.status, msg.cseq.method, src.leg)
                 self._on_response(msg, src, now, out)
         except ParseError as e:
             # a header we needed later turned out malformed (e.g. a Route URI)
@@ -277,7 +282,11 @@ class Proxy:
             log.info("dropped %s from %s:%d: %s call_id=%s", req.method, *src.addr, decision.log, req.call_id)
             self._server.pop(key, None)
             return
+        new_call = req.method == "INVITE" and req.to_addr.tag is None
         if isinstance(decision, Reply):
+            if new_call and decision.status >= 300 and decision.status != 403:
+                self._call_started(req, src, None)  # refused calls have a record too
+                self.observer.call_failed(req.call_id, decision.status, decision.reason, time.time())
             if decision.status >= 400:
                 self.stats["rejected"] += 1
                 log.info("answered %s from %s:%d with %d %s%s call_id=%s", req.method, *src.addr,
@@ -287,6 +296,10 @@ class Proxy:
             return
         if req.method == "INVITE":  # only now: a dropped request gets nothing at all
             self._respond(sv, self._local_response(req, Reply(100, "Trying"), src.leg), now, out)
+            if new_call:
+                self._call_started(req, src, decision.identity)
+        elif req.method == "BYE":
+            self.observer.call_ended(req.call_id, src.leg, time.time())
         relay = _Relay(sv, req, decision, loop)
         self._relays[key] = relay
         if self.media is not None:
@@ -360,6 +373,7 @@ class Proxy:
             relay.final_sent = True
             self._respond(relay.server, self._local_response(
                 relay.request, Reply(487, "Request Terminated"), src.leg), now, out)
+            self._failed_upstream(relay, 487, "Request Terminated")
             self._media_forget(relay, out)
 
     def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list[Send],
@@ -481,6 +495,7 @@ class Proxy:
                 reason = "timed out" if isinstance(ev, TimedOut) else f"transport failure ({ev.reason})"
                 if isinstance(ev, TimedOut):
                     self.stats["timeouts"] += 1
+                    self.observer.timeout(ctx.request.method)
                 if relay is not None:
                     if dest is not None:
                         self.router.branch_failed(dest, reason, now)
@@ -545,8 +560,11 @@ class Proxy:
             self._upstream(relay, resp, now, out)
             return
         if status < 300:
+            first = not relay.final_sent
             self._upstream(relay, resp, now, out)  # every 2xx goes up (RFC 6026)
             relay.final_sent = True
+            if first and relay.request.method == "INVITE" and relay.request.to_addr.tag is None:
+                self.observer.call_answered(relay.call_id, time.time())
             return
         if relay.final_sent:
             return
@@ -564,6 +582,7 @@ class Proxy:
         relay.final_sent = True
         relay.deadline = None
         self._upstream(relay, resp, now, out)
+        self._failed_upstream(relay, resp.status, resp.reason)
         self._media_forget(relay, out)
 
     # ---------------------------------------------------------------- media (rtpengine)
@@ -579,6 +598,15 @@ class Proxy:
         op = next(self._op_seq)
         self._media_ops[op] = cont
         out.append(MediaCall(op, step.command))
+
+    def _call_started(self, req: Request, src: Source, identity: str | None) -> None:
+        other = PBX if src.leg == TEAMS else TEAMS
+        self.observer.call_started(req.call_id, f"{src.leg}->{other}", identity,
+                                   _user(req.headers.get("from")), _user(req.headers.get("to")), time.time())
+
+    def _failed_upstream(self, relay: _Relay, status: int, reason: str) -> None:
+        if relay.request.method == "INVITE" and relay.request.to_addr.tag is None:
+            self.observer.call_failed(relay.call_id, status, reason, time.time())
 
     def _media_forget(self, relay: _Relay, out: list) -> None:
         if self.media is not None:
@@ -596,6 +624,7 @@ class Proxy:
             relay.final_sent = True
             self._respond(relay.server, self._local_response(
                 relay.request, Reply(503, "Service Unavailable"), relay.src.leg), now, out)
+            self._failed_upstream(relay, 503, "Service Unavailable (media)")
             self._media_forget(relay, out)
             return
         relay.decision.request.body = str(reply["sdp"]).encode()
@@ -627,6 +656,7 @@ class Proxy:
             relay.final_sent = True
             self._respond(relay.server, self._local_response(
                 relay.request, Reply(503, "Service Unavailable"), relay.src.leg), now, out)
+            self._failed_upstream(relay, 503, "Service Unavailable (media)")
         self._media_forget(relay, out)
 
     def _end_answered_branch(self, relay: _Relay, ctx: ClientTransaction, resp: Response,
@@ -740,6 +770,16 @@ class Proxy:
         t = obj.next_timer()
         if t is not None and not obj.terminated:
             heapq.heappush(self._timers, (t, next(self._seq), obj))
+
+
+def _user(value: str | None) -> str:
+    """The user part of a From/To for records: `+4420...` or the whole URI if it has none."""
+    try:
+        uri = parse_name_addr(value or "").uri
+    except ParseError:
+        return ""
+    body = uri.split(":", 1)[-1]
+    return body.split("@", 1)[0] if "@" in body else uri
 
 
 def _ignore_result(*_: Any) -> None:

@@ -13,9 +13,11 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from typing import Any
 
 from .config import Config, HostPort
+from .events import Observer
 from .proxy import PBX, TEAMS, Destination, MediaCall, Proxy, Send, Source, bare_error_response
 from .sip.errors import ParseError
 from .sip.message import KEEPALIVE_PING, StreamFramer
@@ -51,6 +53,8 @@ class StreamConn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.src = Source(self.leg, self.proto, (peer[0], peer[1]), self)
+        local = transport.get_extra_info("sockname") or ("?", 0)
+        self.local = (local[0], local[1])
         self.shell.conns.add(self)
         if self.key is not None and self.leg == TEAMS:
             self._arm_keepalive()
@@ -146,12 +150,13 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 class Shell:
     def __init__(self, config: Config, proxy: Proxy, server_ctx: ssl.SSLContext,
-                 client_ctx: ssl.SSLContext, media: Any = None):
+                 client_ctx: ssl.SSLContext, media: Any = None, observer: Observer | None = None):
         self.config = config
         self.proxy = proxy
         self.server_ctx = server_ctx
         self.client_ctx = client_ctx
         self.media = media  # something with `async request(command) -> dict` (media.pool)
+        self.observer = observer or proxy.observer
         self.loop = asyncio.get_running_loop()
         self.conns: set[StreamConn] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -161,6 +166,7 @@ class Shell:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._retiring: set[StreamConn] = set()
+        self._udp_local = (config.pbx.listen.host, config.pbx.listen.port)
         self._maintenance: asyncio.TimerHandle | None = None
         self.stats = {"tls_handshakes": 0, "tls_failures": 0, "cert_reloads": 0}
         t = config.teams
@@ -204,7 +210,12 @@ class Shell:
 
     # ------------------------------------------------------------------ proxy glue
     def deliver(self, data: bytes, src: Source) -> None:
+        local = src.conn.local if src.conn is not None else self._udp_local
+        self.observer.sip("in", src.leg, src.transport, local, src.addr, data, time.time())
         self.dispatch(self.proxy.receive(data, src, self.loop.time()))
+
+    def _sent(self, data: bytes, leg: str, transport: str, local: tuple, remote: tuple) -> None:
+        self.observer.sip("out", leg, transport, local, remote, data, time.time())
 
     def dispatch(self, sends: list) -> None:
         for s in sends:
@@ -237,6 +248,9 @@ class Shell:
             result = e
             log.warning("rtpengine %s failed: %s call_id=%s", call.command.get("command"), e,
                         call.command.get("call-id"))
+        else:
+            if call.command.get("command") == "delete":
+                self.observer.media_deleted(str(call.command.get("call-id")), result)
         if call.op is not None:
             self.dispatch(self.proxy.media_done(call.op, result, self.loop.time()))
 
@@ -364,18 +378,23 @@ class Shell:
         if src.conn is not None:
             if not src.conn.write(data):
                 log.info("connection to %s:%d gone, response dropped", *src.addr)
+                return
+            self._sent(data, src.leg, src.transport, src.conn.local, src.addr)
         elif self._udp and self._udp.transport:
             self._udp.transport.sendto(data, src.addr)
+            self._sent(data, src.leg, "udp", self._udp_local, src.addr)
 
     def _send_to_destination(self, data: bytes, dest: Destination, token: Any) -> None:
         if dest.transport == "udp":
             if self._udp and self._udp.transport:
                 self._udp.transport.sendto(data, (dest.host, dest.port))
+                self._sent(data, dest.leg, "udp", self._udp_local, (dest.host, dest.port))
             return
         key = (dest.leg, dest.transport, dest.host, dest.port)
         conn = self._pool.get(key)
         if conn is not None and not conn.closed:
             conn.write(data)
+            self._sent(data, dest.leg, conn.proto, conn.local, conn.src.addr)  # type: ignore[union-attr]
             if token is not None:
                 conn.tokens.add(token)
             return
@@ -420,6 +439,7 @@ class Shell:
         self._pool[key] = conn
         for data, token in self._connecting.pop(key, []):
             conn.write(data)
+            self._sent(data, dest.leg, conn.proto, conn.local, conn.src.addr)  # type: ignore[union-attr]
             if token is not None:
                 conn.tokens.add(token)
 
