@@ -29,8 +29,8 @@ def build(config: Config, now: float | None = None, *, keepalive: bool = False) 
 
         def send(peer: str, at: float, on_result) -> list:
             req, dest = router.options_request(peer)
-            # Timer F = 64*T1: a ping's timeout is its transaction's own timeout
-            return proxy.originate(req, dest, at, on_result, Timers(t1=timeouts[peer] / 64))
+            # a ping's timeout is its transaction's own Timer F
+            return proxy.originate(req, dest, at, on_result, Timers(timeout=timeouts[peer]))
 
         pinger = Pinger(health, send, now, alarm_after=config.teams.options_alarm)
         for peer, interval, timeout in router.ping_targets():

@@ -77,6 +77,8 @@ class HealthBook:
         p.last_ok = now
         if rtt is not None:
             p.rtts.append(rtt)
+        if p.state == COOLING and now < p.cooling_until:
+            return  # alive, but it asked us to stay away until Retry-After has passed
         self._set(p, UP, reason, now)
 
     def failed(self, name: str, now: float, reason: str) -> None:

@@ -204,15 +204,15 @@ class Proxy:
                 out.append(Send(make_response(msg, e.status, e.reason, self._tag(msg)).to_bytes(), src))
         return out
 
-    def transport_failed(self, token: Any, now: float) -> list[Send]:
+    def transport_failed(self, token: Any, now: float, reason: str = "transport error") -> list[Send]:
         out: list[Send] = []
         entry = self._client.get(token)
         if entry is None:
             return out
-        relay, ctx, dest = entry
-        log.warning("transport failure toward %s:%d (%s) call_id=%s", dest.host, dest.port,
-                    dest.transport, ctx.request.call_id)
-        self._client_events(relay, ctx, dest, ctx.transport_error(now), now, out)
+        owner, ctx, dest = entry
+        log.warning("transport failure toward %s:%d (%s): %s call_id=%s", dest.host, dest.port,
+                    dest.transport, reason, ctx.request.call_id)
+        self._client_events(owner, ctx, dest, ctx.transport_error(now, reason), now, out)
         return out
 
     def next_timer(self) -> float | None:
@@ -752,6 +752,9 @@ class Proxy:
         resp = make_response(req, reply.status, reply.reason, self._tag(req))
         for name, value in reply.headers:
             resp.headers.add(name.lower(), value)
+        if leg == TEAMS and reply.status > 100 and "contact" not in resp.headers:
+            # every response to Teams carries the FQDN Contact (reference section 3)
+            resp.headers.add("contact", self.router.own_contact(leg))
         self.router.outgoing(resp, leg, None)
         return resp
 

@@ -134,13 +134,12 @@ class Router:
             if self.config.teams.options_503_when_pbx_down and not self.health.usable(pbx_peer(trunk), now):
                 return Reply(503, "Service Unavailable", [("Retry-After", "30")],
                              log="PBX is down and teams.options_503_when_pbx_down is set")
-            contact = f"<sip:{self.teams.fqdn}:{self.teams.port};transport=tls>"
             allow = self.allow_teams
         else:
-            contact = f"<sip:{self.config.pbx.listen};transport={self.config.pbx.transport}>"
             allow = ALLOW_PBX
-        return Reply(200, "OK", [("Contact", contact), ("Allow", allow), ("Accept", "application/sdp"),
-                                 ("Supported", "timer"), ("Server", USER_AGENT)])
+        return Reply(200, "OK", [("Contact", self.own_contact(leg)), ("Allow", allow),
+                                 ("Accept", "application/sdp"), ("Supported", "timer"),
+                                 ("Server", USER_AGENT)])
 
     def options_request(self, peer: str) -> tuple[Request, Destination]:
         """The OPTIONS we send: to a Teams proxy (over our own TLS connection) or to a PBX."""
@@ -213,6 +212,11 @@ class Router:
         return self.teams_dest(via.host.lower(), via.port)
 
     # ------------------------------------------------------------------ helpers
+    def own_contact(self, leg: str) -> str:
+        if leg == TEAMS:
+            return f"<sip:{self.teams.fqdn}:{self.teams.port};transport=tls>"
+        return f"<sip:{self.config.pbx.listen};transport={self.config.pbx.transport}>"
+
     @property
     def allow_teams(self) -> str:
         return ALLOW_TOWARD_TEAMS + (", REFER" if self.config.teams.allow_refer else "")

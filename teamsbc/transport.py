@@ -433,7 +433,7 @@ class Shell:
             sends: list[Send] = []
             for _, token in pending:
                 if token is not None:
-                    sends += self.proxy.transport_failed(token, now)
+                    sends += self.proxy.transport_failed(token, now, reason)
             self.dispatch(sends)
             return
         self._pool[key] = conn

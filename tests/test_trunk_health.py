@@ -51,7 +51,9 @@ def test_health_transitions_and_one_log_line_per_change(caplog):
     assert p.state == COOLING and p.cooling_until == 34.0
     assert not book.usable("sip.pstnhub.microsoft.com", 33.9)
     assert book.usable("sip.pstnhub.microsoft.com", 34.0)
-    book.response("sip.pstnhub.microsoft.com", 5.0, 404, None)       # any answer but 503 = alive
+    book.response("sip.pstnhub.microsoft.com", 5.0, 200, None)       # alive, but Retry-After holds
+    assert p.state == COOLING and not book.usable("sip.pstnhub.microsoft.com", 5.0)
+    book.response("sip.pstnhub.microsoft.com", 34.5, 404, None)      # any answer but 503 = alive
     assert p.state == UP
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
@@ -60,7 +62,7 @@ def test_health_transitions_and_one_log_line_per_change(caplog):
         "peer sip.pstnhub.microsoft.com is now cooling (was up): 503 Service Unavailable, Retry-After 30s",
         "peer sip.pstnhub.microsoft.com is now up (was cooling): answered 404",
     ]
-    assert p.snapshot(5.0)["rtt_ms"] == [12.0]
+    assert p.snapshot(34.5)["rtt_ms"] == [12.0]
 
 
 def test_teams_options_alarm_once(caplog):

@@ -63,6 +63,9 @@ class Timers:
     """Timers I and K on unreliable transports."""
     d: float = TIMER_D
     """Timer D on unreliable transports (not T1-based in the RFC, so set on its own)."""
+    timeout: float | None = None
+    """Client transactions: Timer B/F instead of 64*T1 (keep-alive pings give up sooner
+    without retransmitting faster than RFC 3261 17.1.1.2)."""
 
 
 DEFAULT_TIMERS = Timers()
@@ -229,7 +232,7 @@ class ClientTransaction:
         t = self.timers
         if not self.reliable:
             self._retx_at = self._now + t.t1
-        self._timeout_at = self._now + 64 * t.t1
+        self._timeout_at = self._now + (t.timeout if t.timeout is not None else 64 * t.t1)
         return [Transmit(self.request)]
 
     def receive_response(self, resp: Response, now: float) -> list[Event]:

@@ -11,10 +11,15 @@ messages are framed here by Content-Length and parsed with tests.support.sipp.pa
     peer = TeamsPeer(pki, sbc_port=sbc.teams_port)   # sbc_host="127.0.0.1", sbc_fqdn=pki.sbc_fqdn
     await peer.listen(port)        # "Teams" TLS listener (Teams certificate, client cert REQUIRED);
                                    # point the SBC's teams.resolve for sip/sip2/sip3/sip-du-a-us here
+    await peer.listen(port2, cert=chain, key=key)   # more listeners (one per proxy), own certificate
+    await peer.stop_listening(port2)                # that listener refuses connections again; its
+                                                    # accepted connections are closed
+    peer.options_code = 503        # answer to OPTIONS from the SBC (None: never answer); default 200
     rec = await peer.wait_for(lambda r: r.msg.method == "ACK", timeout=10)
     rec.msg        # tests.support.sipp.SipMessage (start_line, headers, header(), values(), ...)
     rec.conn       # the Connection it came on: .direction "inbound" (the SBC opened it) or
-                   # "outbound" (the peer opened it), .id, .sni, .peercert, .peer_names, .tls_version
+                   # "outbound" (the peer opened it), .id, .sni, .peercert, .peer_names, .tls_version,
+                   # .local_port (for inbound: the listener port it was accepted on)
     peer.received  # every Received, in order; peer.connections: every Connection ever made
 
     # Teams as callee (requests from the SBC, answered on the connection they came on):
@@ -128,6 +133,8 @@ class Connection:
         self.tls_version = sslobj.version() if sslobj else None
         self.closed = asyncio.Event()
         self.error: BaseException | None = None
+        sockname = writer.get_extra_info("sockname")
+        self.local_port: int | None = sockname[1] if sockname else None
 
     @property
     def peer_names(self) -> list[str]:
@@ -251,6 +258,8 @@ class TeamsPeer:
         self.answers: list[Answer] = []
         self.default_answer = Answer()
         self.sni_seen: list[str | None] = []
+        self.options_code: int | None = 200  # answer to OPTIONS from the SBC; None = no answer
+        self._servers: dict[int, asyncio.AbstractServer] = {}
         self._sni: dict[int, str | None] = {}
         self._cond = asyncio.Condition()
         self._server: asyncio.AbstractServer | None = None
@@ -259,12 +268,7 @@ class TeamsPeer:
         self._tasks: set[asyncio.Task] = set()
         self._pending: dict[str, tuple[Connection, SipMessage]] = {}  # unanswered INVITEs
 
-        self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.server_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.server_ctx.load_cert_chain(str(pki.teams_fullchain), str(pki.teams_key))
-        self.server_ctx.load_verify_locations(cafile=str(pki.ca_cert))
-        self.server_ctx.verify_mode = ssl.CERT_REQUIRED
-        self.server_ctx.sni_callback = self._on_sni
+        self.server_ctx = self._server_context(pki.teams_fullchain, pki.teams_key)
 
         self.client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.client_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -279,8 +283,37 @@ class TeamsPeer:
         self._sni[id(sslobj)] = name
         self.sni_seen.append(name)
 
-    async def listen(self, port: int, host: str = "127.0.0.1") -> None:
-        self._server = await asyncio.start_server(self._accept, host, port, ssl=self.server_ctx)
+    def _server_context(self, cert: Path, key: Path) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(cert), str(key))
+        ctx.load_verify_locations(cafile=str(self.pki.ca_cert))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.sni_callback = self._on_sni
+        return ctx
+
+    async def listen(self, port: int, host: str = "127.0.0.1", *, cert: Path | None = None,
+                     key: Path | None = None) -> None:
+        """A "Teams" TLS listener (client certificate required). Several listeners may run
+        (one per Teams proxy); ``cert``/``key`` replace the Teams certificate on this one."""
+        ctx = self._server_context(cert, key) if cert is not None else self.server_ctx
+        self._server = await asyncio.start_server(self._accept, host, port, ssl=ctx)
+        self._servers[port] = self._server
+
+    async def stop_listening(self, port: int, *, close_connections: bool = True) -> None:
+        """Close the listener on ``port`` (connections to it are refused again) and, by default,
+        the connections it accepted."""
+        server = self._servers.pop(port)
+        server.close()
+        if self._server is server:
+            self._server = None
+        if close_connections:
+            await asyncio.gather(*(c.close() for c in self.connections
+                                   if c.direction == "inbound" and c.local_port == port))
+        try:  # from Python 3.12 this also waits for the accepted connections: bounded
+            await asyncio.wait_for(server.wait_closed(), 2)
+        except asyncio.TimeoutError:
+            pass
 
     async def _accept(self, reader, writer) -> None:
         task = asyncio.current_task()
@@ -313,14 +346,15 @@ class TeamsPeer:
             return self._out
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        servers = set(self._servers.values()) | ({self._server} if self._server is not None else set())
+        for server in servers:
+            server.close()
         await asyncio.gather(*(c.close() for c in self.connections))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
 
     # ------------------------------------------------------------------ waiting
     def find(self, predicate: Callable[[Received], object]) -> list[Received]:
@@ -374,6 +408,9 @@ class TeamsPeer:
                 self.respond(conn, req, 200)
                 if method == "BYE":
                     call.ended = True
+        elif method == "OPTIONS" and to_tag is None:
+            if self.options_code is not None:
+                self.respond(conn, req, self.options_code, extra=[f"ALLOW: {ALLOW}"])
         else:
             self.respond(conn, req, 200, extra=[f"ALLOW: {ALLOW}"])
 
