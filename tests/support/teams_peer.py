@@ -135,6 +135,7 @@ class Connection:
         self.error: BaseException | None = None
         sockname = writer.get_extra_info("sockname")
         self.local_port: int | None = sockname[1] if sockname else None
+        self.pings = 0  # RFC 5626 double-CRLF keep-alives received (and answered)
 
     @property
     def peer_names(self) -> list[str]:
@@ -163,6 +164,9 @@ class Connection:
                     rest = buf.lstrip(b"\r\n")
                     if b"\r\n\r\n" in buf[: len(buf) - len(rest)] and self.usable:
                         self.writer.write(b"\r\n")  # RFC 5626 pong
+                        self.pings += 1
+                        async with self.peer._cond:
+                            self.peer._cond.notify_all()
                     buf = rest
                     end = buf.find(b"\r\n\r\n")
                     if end < 0:
