@@ -8,6 +8,7 @@ import signal
 from .config import Config
 from .health import HealthBook, Pinger
 from .media.anchor import MediaAnchor
+from .media.pool import MediaPool
 from .proxy import Proxy
 from .routing import Router
 from .sip.transaction import Timers
@@ -44,8 +45,16 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
     loop = asyncio.get_running_loop()
     router, proxy = build(config, loop.time(), keepalive=True)
     t = config.teams
+    pool = None
+    if config.media.rtpengine:
+        m = config.media
+        pool = MediaPool(m.rtpengine, timeout=m.timeout, ping_interval=m.ping_interval,
+                         down_after=m.down_after)
+        await pool.start()
+        log.info("media: rtpengine %s", ", ".join(
+            f"{i['address']} {'up' if i['healthy'] else 'DOWN'}" for i in pool.status()))
     shell = Shell(config, proxy, server_context(t.certificate, t.private_key, t.trusted_ca),
-                  client_context(t.certificate, t.private_key, t.trusted_ca))
+                  client_context(t.certificate, t.private_key, t.trusted_ca), media=pool)
     await shell.start()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -64,4 +73,6 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
     await stop.wait()
     log.info("stopping: draining %d pending requests", proxy.pending_requests)
     await shell.stop()
+    if pool is not None:
+        await pool.close()
     log.info("stopped")

@@ -98,6 +98,10 @@ class MediaSection:
     timeout: float = 2.0              # one NG command, retransmissions included
     teams_ice: str = "lite"           # lite | remove: ICE toward Teams
     ping_interval: float = 5.0        # health pings to each rtpengine
+    down_after: int = 2               # failed pings in a row -> instance down
+    max_sdp_to_pbx: int = 1300        # bytes; a larger SDP toward a UDP PBX is refused with a reason
+    hold_inactive: bool = True        # hold toward Teams as a=inactive (reference 8)
+    sdes_lifetime: bool = False       # send |2^31 with our SDES keys toward Teams
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,11 +334,22 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
     pbx_opt_timeout = float(r.number(pb, "pbx", "options_timeout", 5, 0.5, 32))
 
     m = r.section(data, "media", {"rtpengine", "pbx_codecs", "interfaces", "timeout", "teams_ice",
-                                  "ping_interval"}, required=False)
+                                  "ping_interval", "down_after", "max_sdp_to_pbx", "hold_inactive",
+                                  "sdes_lifetime"}, required=False)
     rtp = m.get("rtpengine", []) or []
     if not isinstance(rtp, list) or not all(isinstance(x, str) for x in rtp):
         r.err("media.rtpengine", "must be a list of rtpengine addresses like udp:127.0.0.1:22222")
         rtp = []
+    from .media.pool import parse_instance  # the pool owns the address syntax
+    for i, spec in enumerate(rtp):
+        try:
+            parse_instance(spec)
+        except ValueError as e:
+            r.err(f"media.rtpengine[{i}]", f"{spec!r}: {e} (e.g. udp:127.0.0.1:22222, http://10.0.0.7:8080;weight=2)")
+    down_after = int(r.number(m, "media", "down_after", 2, 1, 100))
+    max_sdp = int(r.number(m, "media", "max_sdp_to_pbx", 1300, 200, 65000))
+    hold_inactive = r.bool_(m, "media", "hold_inactive", True)
+    sdes_lifetime = r.bool_(m, "media", "sdes_lifetime", False)
     codecs = m.get("pbx_codecs", list(DEFAULT_PBX_CODECS))
     if not isinstance(codecs, list) or not codecs or not all(isinstance(x, str) and x for x in codecs):
         r.err("media.pbx_codecs", "must be a list of codec names the PBX decodes, e.g. [PCMA, PCMU, G722]")
@@ -381,7 +396,8 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
                            allow_refer, opt503, tuple(x.lower() for x in san_v), tenants, keepalive,
                            max_age),
         pbx=PbxSection(pbx_listen, pbx_transport, pbx_address, pbx_opt, pbx_opt_timeout),
-        media=MediaSection(tuple(rtp), tuple(codecs), ifaces, media_timeout, teams_ice, ping_iv),
+        media=MediaSection(tuple(rtp), tuple(codecs), ifaces, media_timeout, teams_ice, ping_iv,
+                           down_after, max_sdp, hold_inactive, sdes_lifetime),
         numbers=numbers,
         log=LogSection(level),
         certs_dir=certs_dir,

@@ -627,7 +627,19 @@ class Proxy:
             self._failed_upstream(relay, 503, "Service Unavailable (media)")
             self._media_forget(relay, out)
             return
-        relay.decision.request.body = str(reply["sdp"]).encode()
+        sdp = str(reply["sdp"])
+        first = relay.decision.targets[0].dest
+        problem = self.media.sdp_problem(sdp, first.leg, first.transport)
+        if problem:
+            log.error("call refused: %s call_id=%s", problem, relay.call_id)
+            relay.final_sent = True
+            self._respond(relay.server, self._local_response(
+                relay.request, Reply(488, "SDP Too Large For UDP Trunk",
+                                     [("Warning", f'399 sbc "{problem}"')]), relay.src.leg), now, out)
+            self._failed_upstream(relay, 488, "SDP Too Large For UDP Trunk")
+            self._media_forget(relay, out)
+            return
+        relay.decision.request.body = sdp.encode()
         self._next_target(relay, now, out)
 
     def _answer_done(self, relay: _Relay, ctx: ClientTransaction, resp: Response, reply: Any,

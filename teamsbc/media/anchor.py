@@ -45,7 +45,13 @@ class MediaAnchor:
         self.s = settings
 
     def _side_kw(self, toward: str) -> dict[str, Any]:
-        return {"ice": self.s.teams_ice} if toward == "teams" else {}
+        return {"ice": self.s.teams_ice, "sdes_lifetime": self.s.sdes_lifetime} if toward == "teams" else {}
+
+    def _offer_kw(self, toward: str) -> dict[str, Any]:
+        kw = self._side_kw(toward)
+        if toward == "teams":
+            kw["hold_inactive"] = self.s.hold_inactive
+        return kw
 
     def for_request(self, req: Request, toward: str) -> Step | None:
         call_id = req.call_id
@@ -60,9 +66,9 @@ class MediaAnchor:
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=True, is_offer=True)
             return Step(sdp_policy.offer(
                 sdp, call_id, from_tag, toward, to_tag=to_tag, codecs_to_pbx=self.s.pbx_codecs,
-                interfaces=self._direction(toward) if initial else None, initial=initial,
-                **self._side_kw(toward)), wait=True)
-        if req.method == "ACK":
+                interfaces=self.s.interfaces if initial else None, initial=initial,
+                **self._offer_kw(toward)), wait=True)
+        if req.method == "ACK" and t is not None:
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=True, is_offer=False)
             return Step(sdp_policy.answer(sdp, call_id, from_tag, to_tag or "", toward,
                                           **self._side_kw(toward)), wait=True)
@@ -75,6 +81,8 @@ class MediaAnchor:
         if sdp is None:
             return None
         f, t = _tags(resp)
+        if t is None:
+            return None  # a 18x/2xx without To tag is malformed: rtpengine would pick wrong ports
         if sdp_of(request) is not None:
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=False)
             return Step(sdp_policy.answer(sdp, request.call_id, from_tag, to_tag or "", toward,
@@ -83,7 +91,7 @@ class MediaAnchor:
         from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=True)
         return Step(sdp_policy.offer(sdp, request.call_id, from_tag, toward, to_tag=to_tag,
                                      codecs_to_pbx=self.s.pbx_codecs, initial=False,
-                                     **self._side_kw(toward)), wait=True)
+                                     **self._offer_kw(toward)), wait=True)
 
     def for_failed_call(self, request: Request) -> Step | None:
         """A new call that ended without answer: its rtpengine session goes too."""
@@ -91,8 +99,10 @@ class MediaAnchor:
             return Step(sdp_policy.delete(request.call_id), wait=False)
         return None
 
-    def _direction(self, toward: str) -> tuple[str, str] | None:
-        if self.s.interfaces is None:
-            return None
-        teams_if, pbx_if = self.s.interfaces
-        return (teams_if, pbx_if) if toward == "pbx" else (pbx_if, teams_if)
+    def sdp_problem(self, sdp: str, toward: str, transport: str) -> str | None:
+        """Why this SDP cannot go to the PBX over UDP (reference 5: Teams' SDP exceeds 1500
+        bytes; rtpengine strips ICE toward the PBX, and what is left must fit)."""
+        if toward == "pbx" and transport == "udp" and not sdp_policy.sdp_size_ok(sdp, self.s.max_sdp_to_pbx):
+            return (f"SDP of {sdp_policy.sdp_size(sdp)} bytes exceeds media.max_sdp_to_pbx "
+                    f"({self.s.max_sdp_to_pbx}) for a UDP PBX trunk: use pbx.transport tcp or fewer codecs")
+        return None

@@ -1,0 +1,408 @@
+"""Several rtpengine instances: weights, ping-based health, call ownership, failover.
+
+    pool = MediaPool(["udp:127.0.0.1:22222;weight=2", "http://10.0.0.7:8080"])
+    await pool.start()                       # first health check, then a ping task
+    reply = await pool.request(sdp_policy.offer(sdp, call_id, from_tag, "pbx"))
+    ...
+    await pool.request(sdp_policy.delete(call_id))   # forgets the call's owner
+    await pool.close()
+
+Instance syntax (the ``media.rtpengine`` list): ``ADDRESS[;weight=N]`` with ADDRESS one of
+``udp:HOST:PORT``, ``http://HOST:PORT``, ``ws://HOST:PORT`` (see :mod:`teamsbc.media.ng`), or a
+mapping ``{address: ..., weight: N}``. Weight defaults to 1; weight 0 marks a backup that takes
+new calls only while no weighted instance is healthy.
+
+Rules:
+- A NEW call (an ``offer`` without ``to-tag`` for a call-id the pool does not know) goes to a
+  healthy instance chosen by smooth weighted round-robin. If that instance does not answer
+  (timeout, refused), it is marked down and the next healthy one is tried with the same
+  command (the client makes a fresh cookie). If none is healthy: :class:`NoMediaAvailable`.
+- Every later command of that call-id goes to the instance that owns it; the pool never moves
+  a call (its ports live in that rtpengine). ``delete`` forgets the owner.
+- A call-id the pool does not know in a later command (the SBC restarted; calls survive a
+  restart) is looked up with ``query`` on every healthy instance.
+- Health: every ``ping_interval`` s each instance is pinged; ``down_after`` failures in a row,
+  or any request that gets no answer, mark it down; one successful ping marks it up again.
+
+A call whose first offer timed out on an instance may still exist there (only the reply was
+lost); rtpengine drops it after its own media timeout, as it never gets media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .ng import (
+    DEFAULT_TIMEOUT,
+    NgAddress,
+    NgClient,
+    NgError,
+    NgException,
+    NgUnavailable,
+    parse_address,
+)
+
+__all__ = [
+    "InstanceSpec",
+    "parse_instance",
+    "Instance",
+    "MediaPool",
+    "NoMediaAvailable",
+    "UnknownCall",
+    "PING_INTERVAL",
+    "DOWN_AFTER",
+    "OWNER_TTL",
+]
+
+log = logging.getLogger("teamsbc.media.pool")
+
+PING_INTERVAL = 5.0
+DOWN_AFTER = 2
+OWNER_TTL = 12 * 3600.0  # an owner entry untouched this long is dropped (query finds it again)
+
+
+class NoMediaAvailable(NgException):
+    """No healthy rtpengine can take a new call (the proxy answers 503)."""
+
+
+class UnknownCall(NgError):
+    """A command for a call-id that no healthy instance knows."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    address: NgAddress
+    weight: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.address}" if self.weight == 1 else f"{self.address};weight={self.weight}"
+
+
+def parse_instance(spec: str | Mapping[str, Any] | InstanceSpec) -> InstanceSpec:
+    """``udp:127.0.0.1:22222;weight=2`` or ``{"address": "...", "weight": 2}`` -> InstanceSpec.
+
+    Raises ValueError with a message fit for ``teamsbc check``.
+    """
+    if isinstance(spec, InstanceSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"address", "weight"}
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                             "expected address and weight")
+        if "address" not in spec:
+            raise ValueError("missing address (like udp:127.0.0.1:22222)")
+        address, params = str(spec["address"]), {}
+        if "weight" in spec:
+            params["weight"] = spec["weight"]
+    elif isinstance(spec, str):
+        address, *rest = [p.strip() for p in spec.split(";")]
+        params = {}
+        for item in rest:
+            key, sep, value = item.partition("=")
+            if not sep or key.strip() != "weight":
+                raise ValueError(f"{spec!r}: unknown parameter {item!r} (only weight=N)")
+            params["weight"] = value.strip()
+    else:
+        raise ValueError(f"expected a string like udp:127.0.0.1:22222;weight=2, not {type(spec).__name__}")
+    weight = params.get("weight", 1)
+    if isinstance(weight, bool) or not (isinstance(weight, int) or str(weight).isdigit()):
+        raise ValueError(f"{address}: weight must be a whole number >= 0, not {weight!r}")
+    weight = int(weight)
+    if weight > 1000:
+        raise ValueError(f"{address}: weight {weight} is more than 1000")
+    return InstanceSpec(parse_address(address), weight)
+
+
+# --------------------------------------------------------------------------- instances
+
+@dataclass(eq=False)
+class Instance:
+    """One rtpengine and what the pool knows of it."""
+
+    spec: InstanceSpec
+    client: NgClient
+    healthy: bool = True
+    failures: int = 0                # failed pings in a row
+    last_error: str | None = None
+    changed_at: float = 0.0          # monotonic time of the last up/down change
+    current: int = field(default=0, repr=False)   # smooth weighted round-robin state
+
+    @property
+    def address(self) -> str:
+        return str(self.spec.address)
+
+    @property
+    def weight(self) -> int:
+        return self.spec.weight
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.spec} {'up' if self.healthy else 'down'}>"
+
+
+class MediaPool:
+    def __init__(
+        self,
+        instances: Iterable[str | Mapping[str, Any] | InstanceSpec],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        ping_interval: float = PING_INTERVAL,
+        ping_timeout: float | None = None,
+        down_after: int = DOWN_AFTER,
+        owner_ttl: float = OWNER_TTL,
+        client_factory: Callable[..., NgClient] = NgClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        specs = [parse_instance(s) for s in instances]
+        if not specs:
+            raise ValueError("a media pool needs at least one rtpengine instance")
+        seen = set()
+        for s in specs:
+            if s.address in seen:
+                raise ValueError(f"{s.address} listed twice")
+            seen.add(s.address)
+        if down_after < 1:
+            raise ValueError("down_after must be >= 1")
+        self.clock = clock
+        self.instances = [Instance(s, client_factory(s.address, timeout=timeout), changed_at=clock())
+                          for s in specs]
+        self.timeout = timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout if ping_timeout is not None else min(timeout, ping_interval)
+        self.down_after = down_after
+        self.owner_ttl = owner_ttl
+        self._owners: dict[str, tuple[Instance, float]] = {}
+        self._placing: dict[str, asyncio.Future[None]] = {}
+        self._ping_task: asyncio.Task | None = None
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        """One health check of every instance (bounded by the ping timeout), then the ping task."""
+        await self.check_all()
+        if self._ping_task is None:
+            self._ping_task = asyncio.create_task(self._ping_loop(), name="rtpengine-ping")
+
+    async def close(self) -> None:
+        if self._ping_task is not None:
+            self._ping_task.cancel()
+            try:
+                await self._ping_task
+            except asyncio.CancelledError:
+                pass
+            self._ping_task = None
+        await asyncio.gather(*(i.client.close() for i in self.instances), return_exceptions=True)
+
+    async def __aenter__(self) -> "MediaPool":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # ---- health
+    async def check_all(self) -> None:
+        """Ping every instance once, concurrently, and update health."""
+        await asyncio.gather(*(self._check(i) for i in self.instances))
+        self._expire_owners()
+
+    async def _check(self, inst: Instance) -> None:
+        try:
+            await inst.client.ping(timeout=self.ping_timeout)
+        except NgException as exc:
+            inst.failures += 1
+            inst.last_error = str(exc)
+            if inst.healthy and inst.failures >= self.down_after:
+                self._set_health(inst, False, f"{inst.failures} pings failed, last: {exc}")
+            return
+        inst.failures = 0
+        if not inst.healthy:
+            self._set_health(inst, True, "ping answered")
+
+    def _set_health(self, inst: Instance, healthy: bool, why: str) -> None:
+        inst.healthy = healthy
+        inst.changed_at = self.clock()
+        if healthy:
+            log.warning("rtpengine %s is up again (%s)", inst.address, why)
+        else:
+            log.error("rtpengine %s is down: %s", inst.address, why)
+
+    def _request_failed(self, inst: Instance, exc: NgUnavailable) -> None:
+        inst.last_error = str(exc)
+        if inst.healthy:
+            self._set_health(inst, False, f"request failed: {exc}")
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            try:
+                await self.check_all()
+            except Exception:  # noqa: BLE001 - the health task must never die
+                log.exception("rtpengine health check failed")
+
+    def healthy(self) -> list[Instance]:
+        return [i for i in self.instances if i.healthy]
+
+    # ---- ownership
+    def owner(self, call_id: str) -> Instance | None:
+        entry = self._owners.get(call_id)
+        return entry[0] if entry else None
+
+    @property
+    def calls(self) -> dict[str, Instance]:
+        """call-id -> owning instance (a copy)."""
+        return {cid: inst for cid, (inst, _) in self._owners.items()}
+
+    def forget(self, call_id: str) -> None:
+        self._owners.pop(call_id, None)
+
+    def _own(self, call_id: str, inst: Instance) -> None:
+        self._owners[call_id] = (inst, self.clock())
+
+    def _expire_owners(self) -> None:
+        limit = self.clock() - self.owner_ttl
+        for cid in [c for c, (_, used) in self._owners.items() if used < limit]:
+            del self._owners[cid]
+
+    # ---- choosing
+    def choose(self, exclude: Sequence[Instance] = ()) -> Instance | None:
+        """Next instance for a new call: smooth weighted round-robin (nginx) over healthy
+        instances with weight > 0; backups (weight 0) only when none of those is healthy."""
+        candidates = [i for i in self.instances if i.healthy and i not in exclude]
+        weighted = [i for i in candidates if i.weight > 0]
+        if not weighted:
+            return candidates[0] if candidates else None
+        total = sum(i.weight for i in weighted)
+        for i in weighted:
+            i.current += i.weight
+        best = max(weighted, key=lambda i: i.current)
+        best.current -= total
+        return best
+
+    # ---- requests
+    async def request(self, command: Mapping[str, Any], *, keep_owner: bool = False) -> dict[str, Any]:
+        """Send a call command (it must carry ``call-id``) to the right instance.
+
+        ``keep_owner``: for a ``delete`` of one forked branch (with ``to-tag``) while the call
+        goes on; otherwise a ``delete`` forgets the owner, whatever its outcome. A ``delete`` of
+        a call no healthy instance knows returns ``{"result": "ok", "warning": ...}`` like
+        rtpengine itself does.
+        Raises NoMediaAvailable (new call, no instance), NgUnavailable (the owner did not
+        answer), UnknownCall, NgError, NgProtocolError.
+        """
+        name = command.get("command")
+        call_id = command.get("call-id")
+        if not call_id:
+            raise ValueError(f"{name}: pool.request needs a call-id; use request_to() for {name}")
+        call_id = str(call_id)
+        placing = self._placing.get(call_id)
+        if placing is not None:  # the first offer of this call is still being placed
+            await asyncio.shield(placing)
+        try:
+            inst = self.owner(call_id)
+            if inst is None:
+                if name == "offer" and not command.get("to-tag"):
+                    return await self._new_call(call_id, command)
+                inst = await self._find_owner(call_id)
+                if inst is None:
+                    if name == "delete":
+                        return {"result": "ok", "warning": "Call-ID not found on any healthy rtpengine"}
+                    if name == "offer":  # a re-offer of a call no instance has any more
+                        return await self._new_call(call_id, command)
+                    raise UnknownCall("Unknown call-id", command=str(name))
+            self._own(call_id, inst)
+            try:
+                return await inst.client.request(command)
+            except NgUnavailable as exc:
+                self._request_failed(inst, exc)
+                raise
+        finally:
+            if name == "delete" and not keep_owner:
+                self.forget(call_id)
+
+    async def _new_call(self, call_id: str, command: Mapping[str, Any]) -> dict[str, Any]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._placing[call_id] = done
+        tried: list[Instance] = []
+        errors: list[str] = []
+        try:
+            while True:
+                inst = self.choose(exclude=tried)
+                if inst is None:
+                    why = "; ".join(errors) if errors else "no healthy rtpengine"
+                    raise NoMediaAvailable(f"no rtpengine for call {call_id}: {why}")
+                tried.append(inst)
+                try:
+                    reply = await inst.client.request(command)
+                except NgUnavailable as exc:
+                    self._request_failed(inst, exc)
+                    errors.append(str(exc))
+                    log.warning("new call %s: %s did not answer (%s), trying the next instance",
+                                call_id, inst.address, exc)
+                    continue
+                self._own(call_id, inst)
+                return reply
+        finally:
+            del self._placing[call_id]
+            done.set_result(None)
+
+    async def _find_owner(self, call_id: str) -> Instance | None:
+        """Ask every healthy instance whether it has the call (after an SBC restart)."""
+        async def probe(inst: Instance) -> Instance | None:
+            try:
+                await inst.client.request({"command": "query", "call-id": call_id})
+            except NgError:
+                return None          # "Unknown call-id"
+            except NgUnavailable as exc:
+                self._request_failed(inst, exc)
+                return None
+            except NgException:
+                return None
+            return inst
+
+        found = [i for i in await asyncio.gather(*(probe(i) for i in self.healthy())) if i]
+        if found:
+            log.info("call %s found on %s", call_id, found[0].address)
+            return found[0]
+        return None
+
+    async def request_to(self, instance: Instance | str, command: Mapping[str, Any]) -> dict[str, Any]:
+        """Send a command to one instance (``list``, ``statistics``, ``ping``), by Instance or
+        address string."""
+        inst = instance if isinstance(instance, Instance) else self.instance(instance)
+        try:
+            return await inst.client.request(command)
+        except NgUnavailable as exc:
+            self._request_failed(inst, exc)
+            raise
+
+    def instance(self, address: str) -> Instance:
+        wanted = str(parse_address(address))
+        for inst in self.instances:
+            if inst.address == wanted:
+                return inst
+        raise KeyError(address)
+
+    # ---- reporting
+    def status(self) -> list[dict[str, Any]]:
+        """Per instance: address, weight, up/down, calls owned, NG round-trip times (s)."""
+        owned: dict[int, int] = {}
+        for inst, _ in self._owners.values():
+            owned[id(inst)] = owned.get(id(inst), 0) + 1
+        return [
+            {
+                "address": i.address,
+                "weight": i.weight,
+                "healthy": i.healthy,
+                "failures": i.failures,
+                "last_error": i.last_error,
+                "calls": owned.get(id(i), 0),
+                "rtt": i.client.rtt.summary(),
+            }
+            for i in self.instances
+        ]
