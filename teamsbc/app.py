@@ -56,6 +56,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
     shell = Shell(config, proxy, server_context(t.certificate, t.private_key, t.trusted_ca),
                   client_context(t.certificate, t.private_key, t.trusted_ca), media=pool)
     await shell.start()
+    http01 = await _serve_http01(config)
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -73,6 +74,27 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
     await stop.wait()
     log.info("stopping: draining %d pending requests", proxy.pending_requests)
     await shell.stop()
+    if http01 is not None:
+        await http01.cleanup()
     if pool is not None:
         await pool.close()
     log.info("stopped")
+
+
+async def _serve_http01(config: Config):
+    """ACME HTTP-01 answered by the running SBC (acme.serve_http01): `teamsbc cert` run with
+    acme.http01_listen: null drops its tokens into <certs_dir>/acme-challenge."""
+    listen = config.acme.serve_http01
+    if listen is None:
+        return None
+    from aiohttp import web
+
+    from .certs.challenges import TokenStore
+    app = web.Application()
+    webroot = config.certs_dir / "acme-challenge"
+    TokenStore(webroot=webroot).add_routes(app)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, listen.host, listen.port).start()
+    log.info("serving ACME HTTP-01 tokens from %s on %s", webroot, listen)
+    return runner

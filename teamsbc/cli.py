@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ch = sub.add_parser("check", help="validate a config file (exit 0 valid, 2 with the errors)")
     ch.add_argument("-c", "--config", required=True)
     ch.set_defaults(func=cmd_check)
+    from .certs.cli import register as register_cert
+    register_cert(sub)
     args = p.parse_args(argv)
     return args.func(args)
 

@@ -170,7 +170,8 @@ class Shell:
         self._maintenance: asyncio.TimerHandle | None = None
         self.stats = {"tls_handshakes": 0, "tls_failures": 0, "cert_reloads": 0}
         t = config.teams
-        self._cert_watch = FileWatch(t.certificate, t.private_key)
+        # the certificate store renames the key first and the chain last: watch the chain
+        self._cert_watch = FileWatch(t.certificate)
         self._next_expiry_log = 0.0
 
     # ------------------------------------------------------------------ lifecycle

@@ -33,7 +33,7 @@ def merge(base: dict, **kw) -> dict:
 
 class Lab:
     def __init__(self, tmp_path, procs, pki, *, pbx_transport="udp", resolve=None, invite_timeout=None,
-                 extra_teams=None):
+                 extra_teams=None, extra=None, stunnel_ca=None):
         self.tmp, self.procs, self.pki = tmp_path, procs, pki
         self.pbx_transport = pbx_transport
         self.sipp_t = "u1" if pbx_transport == "udp" else "t1"
@@ -44,10 +44,11 @@ class Lab:
         mapping.update(resolve or {})
         self.sbc = SbcProcess(tmp_path, procs, pki, teams_resolve=mapping, pbx_transport=pbx_transport,
                               pbx_port=self.pbx_port, invite_timeout=invite_timeout,
-                              extra={"teams": extra_teams} if extra_teams else None)
+                              extra={**(extra or {}), **({"teams": extra_teams} if extra_teams else {})})
+        ca = {"ca_file": stunnel_ca} if stunnel_ca else {}
         self.stunnel = Stunnel(tmp_path, [
-            TeamsClient.for_pki(pki, accept_port=self.client_port, connect_port=self.sbc.teams_port),
-            TeamsServer.for_pki(pki, accept_port=self.server_port, connect_port=self.teams_sipp_port),
+            TeamsClient.for_pki(pki, accept_port=self.client_port, connect_port=self.sbc.teams_port, **ca),
+            TeamsServer.for_pki(pki, accept_port=self.server_port, connect_port=self.teams_sipp_port, **ca),
         ], procs=procs).start()
         self.sbc.start()
 

@@ -20,9 +20,9 @@ def serial_of(path) -> int:
     return x509.load_pem_x509_certificate(open(path, "rb").read()).serial_number
 
 
-def handshake_serial(pki, port: int) -> int:
+def handshake_serial(pki, port: int, ca=None) -> int:
     """A fresh TLS handshake as Teams would make it: which certificate does the SBC present?"""
-    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    ctx = ssl.create_default_context(cafile=str(ca or pki.ca_cert))
     ctx.load_cert_chain(str(pki.teams_fullchain), str(pki.teams_key))
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname=pki.sbc_fqdn) as tls:
