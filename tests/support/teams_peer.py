@@ -28,6 +28,8 @@ messages are framed here by Content-Length and parsed with tests.support.sipp.pa
     # dialog); CANCEL -> 200 (+ 487 for an unanswered INVITE); ACK -> recorded; others -> 200.
     peer.answers.append(Answer(503, ringing=False, retry_after=30))   # next new INVITE only
     peer.default_answer = Answer(None)                                # never answer (ring only)
+    peer.answers.append(Answer(sdp=lambda invite: "v=0..."))  # own SDP in the 200 (a str or a
+                                   # function of the INVITE or re-INVITE), also used for re-INVITEs
     call = peer.calls[call_id]     # Call for every dialog (role "uas" for calls from the SBC)
 
     # Teams as caller (on the peer's own connection, reopened if the SBC closed it):
@@ -105,6 +107,14 @@ class Answer:
     ringing: bool = True
     retry_after: int | None = None
     reason: str | None = None
+    # the SDP of the 2xx (and of the 200 to later re-INVITEs in this dialog): a string, or a
+    # function of the (re-)INVITE received; None: a made-up SRTP SDP
+    sdp: "str | Callable[[SipMessage], str] | None" = None
+
+    def sdp_for(self, req: SipMessage, kind: str) -> str:
+        if self.sdp is None:
+            return _sdp(kind)
+        return self.sdp(req) if callable(self.sdp) else self.sdp
 
 
 @dataclass
@@ -407,7 +417,8 @@ class TeamsPeer:
             if call is None or to_tag != call.local_tag or tag_of(req.header("from")) != call.remote_tag:
                 self.respond(conn, req, 481)
             elif method == "INVITE":
-                self.respond(conn, req, 200, contact=True, body=_sdp("reanswer"))
+                body = call.answer.sdp_for(req, "reanswer") if call.answer else _sdp("reanswer")
+                self.respond(conn, req, 200, contact=True, body=body)
             else:
                 self.respond(conn, req, 200)
                 if method == "BYE":
@@ -435,7 +446,7 @@ class TeamsPeer:
         extra = [f"RETRY-AFTER: {answer.retry_after}"] if answer.retry_after is not None else []
         ok = 200 <= answer.code < 300
         self.respond(conn, req, answer.code, answer.reason, to_tag=tag, contact=ok,
-                     record_route=ok, body=_sdp("answer") if ok else "", extra=extra)
+                     record_route=ok, body=answer.sdp_for(req, "answer") if ok else "", extra=extra)
 
     def respond(self, conn: Connection, req: SipMessage, code: int, reason: str | None = None, *,
                 to_tag: str | None = None, contact: bool = False, record_route: bool = False,
