@@ -100,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     ch = sub.add_parser("check", help="validate a config file (exit 0 valid, 2 with the errors)")
     ch.add_argument("-c", "--config", required=True)
     ch.set_defaults(func=cmd_check)
+    from . import demo, doctor, teams_setup
     from .certs.cli import register as register_cert
     register_cert(sub)
+    doctor.register(sub)
+    teams_setup.register(sub)
+    demo.register(sub)
     args = p.parse_args(argv)
     return args.func(args)
 
