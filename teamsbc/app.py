@@ -6,6 +6,8 @@ import logging
 import signal
 
 from .config import Config
+from .events import Observers
+from .guard import Guard
 from .health import HealthBook, Pinger
 from .media.anchor import MediaAnchor
 from .media.pool import MediaPool
@@ -23,7 +25,13 @@ def build(config: Config, now: float | None = None, *, keepalive: bool = False) 
     health = HealthBook()
     router = Router(config, health)
     media = MediaAnchor(config.media) if config.media.rtpengine else None
-    proxy = Proxy(router, router.legs, invite_timeout=config.teams.invite_timeout, media=media)
+    guard = Guard(config, router)  # issue 6: who may talk to us and how much
+    proxy = Proxy(router, router.legs, invite_timeout=config.teams.invite_timeout, media=media,
+                  observer=Observers(guard.calls))  # the guard counts calls in progress
+    proxy.guard = guard  # type: ignore[attr-defined]
+    if now is not None:
+        guard.start(now)
+        proxy.add_timed(guard)  # counters report and stale-entry cleanup
     if keepalive:
         assert now is not None
         timeouts = {}

@@ -20,7 +20,7 @@ from .events import Observer
 from .sip.errors import ParseError
 from .sip.grammar import MAGIC_COOKIE
 from .sip.message import Headers, Request, Response, make_response, parse_message
-from .sip.transaction import (ClientTransaction, Deliver, ServerTransaction, TimedOut, Transmit,
+from .sip.transaction import (T1, ClientTransaction, Deliver, ServerTransaction, TimedOut, Transmit,
                               TransportFailed, client_key, server_key)
 from .sip.uri import parse_name_addr, parse_via
 
@@ -106,6 +106,7 @@ class Leg:
 
 
 FAILOVER_CODES = frozenset({408, 503})
+TIMER_C = 180  # RFC 3261 16.6 step 11: > 3 minutes in the RFC; Teams rings for at most 180 s
 
 
 class _Server:
@@ -124,12 +125,37 @@ class _Server:
         return self.st.next_timer()
 
 
+class _Expire:
+    """Forget a client transaction at `at` if it has not ended by itself (an INVITE we
+    CANCELled whose final answer never came)."""
+
+    __slots__ = ("table", "ctx", "at")
+
+    def __init__(self, table: dict, ctx: ClientTransaction, at: float):
+        self.table, self.ctx, self.at = table, ctx, at
+
+    @property
+    def terminated(self) -> bool:
+        return self.ctx.terminated or self.ctx.key not in self.table
+
+    def next_timer(self) -> float:
+        return self.at
+
+    def handle_timer(self, now: float) -> list:
+        if self.table.get(self.ctx.key, (None, None))[1] is self.ctx:
+            log.info("no final answer to a cancelled INVITE within 64*T1: transaction ended call_id=%s",
+                     self.ctx.request.call_id)
+            del self.table[self.ctx.key]
+        self.at = float("inf")
+        return []
+
+
 class _Relay:
     """One request being proxied: its server transaction and the current client branch."""
 
     __slots__ = ("server", "src", "request", "decision", "client", "dest", "index",
                  "provisional_sent", "cancelled", "deadline", "final_sent", "abandoned",
-                 "call_id", "loop", "media_busy", "queue")
+                 "call_id", "loop", "media_busy", "queue", "deadline_kind")
 
     def __init__(self, server: _Server, request: Request, decision: Forward, loop: str):
         self.loop = loop
@@ -143,6 +169,7 @@ class _Relay:
         self.provisional_sent = False
         self.cancelled = False
         self.deadline: float | None = None
+        self.deadline_kind = ""          # failover | timer_c | cancel
         self.final_sent = False
         self.abandoned: list[ClientTransaction] = []
         self.call_id = request.call_id
@@ -181,10 +208,17 @@ class Proxy:
     # ---------------------------------------------------------------- entry points
     def receive(self, data: bytes, src: Source, now: float) -> list[Send]:
         out: list[Send] = []
+        guard = getattr(self, "guard", None)  # guard.Guard, set by app.build()
+        if guard is not None and not guard.admit(src, now):
+            return out  # unknown or banned source, or over its budget: no answer at all
         try:
             msg = parse_message(data, stream=src.transport != "udp")
+            if guard is not None:
+                guard.check_limits(msg, len(data))
         except ParseError as e:
             self.stats["parse_errors"] += 1
+            if guard is not None:
+                guard.parse_failed(src, now)
             self._answer_unparsable(data, src, e, out)
             return out
         try:
@@ -192,6 +226,8 @@ class Proxy:
                 self.stats["requests"] += 1
                 self.observer.request(msg.method, src.leg)
                 self._on_request(msg, src, now, out)
+                if guard is not None:
+                    guard.answered(msg, src, out, now)
             else:
                 self.stats["responses"] += 1
                 self.observer.response(msg.status, msg.cseq.method, src.leg)
@@ -201,7 +237,13 @@ class Proxy:
             self.stats["parse_errors"] += 1
             log.warning("bad message from %s: %s call_id=%s", src.addr, e.reason, msg.call_id)
             if isinstance(msg, Request) and msg.method != "ACK":
-                out.append(Send(make_response(msg, e.status, e.reason, self._tag(msg)).to_bytes(), src))
+                resp = make_response(msg, e.status, e.reason, self._tag(msg))
+                sv = self._server.get(server_key(msg))
+                if sv is not None and sv.st.request is msg:
+                    self._relays.pop(sv.key, None)
+                    self._respond(sv, resp, now, out)  # the transaction ends like any other
+                else:
+                    out.append(Send(resp.to_bytes(), src))
         return out
 
     def transport_failed(self, token: Any, now: float, reason: str = "transport error") -> list[Send]:
@@ -264,6 +306,16 @@ class Proxy:
         sv = self._server.get(key)
         if sv is not None:  # retransmission
             self._server_events(sv, sv.st.receive_request(req, now), out)
+            return
+        guard = getattr(self, "guard", None)
+        verdict = guard.screen(req, src, now) if guard is not None else None
+        if verdict is not None:  # guard.Guard: a Drop (scanner, flood) or a 503 beyond a limit
+            self.stats["rejected"] += 1
+            if isinstance(verdict, Reply):
+                log.info("answered %s from %s:%d with %d (%s) call_id=%s", req.method, *src.addr,
+                         verdict.status, verdict.log, req.call_id)
+                sv = self._server[key] = _Server(ServerTransaction(req, reliable=src.transport != "udp", now=now), src, key)
+                self._respond(sv, self._local_response(req, verdict, src.leg), now, out)
             return
         if req.method == "CANCEL":
             self._on_cancel(req, src, now, out)
@@ -366,15 +418,11 @@ class Proxy:
             return
         self._respond(csv, make_response(cancel, 200, "OK"), now, out)
         relay.cancelled = True
-        relay.deadline = None
+        self._set_deadline(relay, now + 64 * T1, "cancel")  # the 487 must come within Timer B's span
         if relay.client is not None and relay.client.state == "proceeding":
             self._send_cancel(relay.client, relay.dest, now, out, relay.decision.identity)
         elif relay.client is None and not relay.final_sent:
-            relay.final_sent = True
-            self._respond(relay.server, self._local_response(
-                relay.request, Reply(487, "Request Terminated"), src.leg), now, out)
-            self._failed_upstream(relay, 487, "Request Terminated")
-            self._media_forget(relay, out)
+            self._final_local(relay, 487, "Request Terminated", now, out)
 
     def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list[Send],
                      identity: str | None = None) -> None:
@@ -391,6 +439,8 @@ class Proxy:
         h.add("cseq", f"{orig.cseq.number} CANCEL")
         cancel = Request("CANCEL", orig.uri, h)
         self.router.outgoing(cancel, dest.leg, identity)
+        # RFC 3261 9.1: no final answer within 64*T1 of the CANCEL ends the INVITE transaction
+        self._schedule(_Expire(self._client, ctx, now + 64 * T1))
         cctx = ClientTransaction(cancel, reliable=dest.transport != "udp", now=now)
         self._client[cctx.key] = (None, cctx, dest)
         self._client_events(None, cctx, dest, cctx.start(), now, out)
@@ -437,11 +487,15 @@ class Proxy:
         relay.client, relay.dest = ctx, target.dest
         self._client[ctx.key] = (relay, ctx, target.dest)
         if d.failover and relay.index + 1 < len(d.targets):
-            relay.deadline = now + self.invite_timeout
-            self._schedule(relay)
-        else:
-            relay.deadline = None
+            self._set_deadline(relay, now + self.invite_timeout, "failover")
+        elif req.method == "INVITE" and not relay.cancelled:
+            self._set_deadline(relay, now + TIMER_C, "timer_c")
         self._client_events(relay, ctx, target.dest, ctx.start(), now, out)
+
+    def _set_deadline(self, relay: _Relay, when: float | None, kind: str) -> None:
+        relay.deadline, relay.deadline_kind = when, kind
+        if when is not None:
+            self._schedule(relay)
 
     def _prepare_branch(self, req: Request, target: Target, branch: str,
                         record_route: list[str] | None, identity: str | None) -> None:
@@ -458,9 +512,22 @@ class Proxy:
         self.router.outgoing(req, target.dest.leg, identity)
 
     def _relay_deadline(self, relay: _Relay, now: float, out: list[Send]) -> None:
-        """No answer at all from this target within invite_timeout: fail over (reference 5)."""
+        kind = relay.deadline_kind
         relay.deadline = None
         ctx = relay.client
+        if kind == "timer_c" and not relay.final_sent:
+            # RFC 3261 16.6 step 11: no final answer for 3 minutes after the last provisional
+            log.warning("no final answer within %ds (Timer C), cancelling call_id=%s", TIMER_C, relay.call_id)
+            if ctx is not None and ctx.state == "proceeding":
+                relay.cancelled = True
+                self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
+            self._final_local(relay, 408, "Request Timeout", now, out)
+            return
+        if kind == "cancel" and not relay.final_sent:
+            log.warning("no final answer after CANCEL, ending it here call_id=%s", relay.call_id)
+            self._final_local(relay, 487, "Request Terminated", now, out)
+            return
+        # failover: no answer at all from this target within invite_timeout (reference 5)
         if ctx is None or ctx.state not in ("calling", "trying") or relay.cancelled:
             return
         log.warning("no answer from %s within %.1fs, failing over call_id=%s",
@@ -476,6 +543,16 @@ class Proxy:
         """`owner` is the _Relay of a proxied request, a callback for a request we originated
         (OPTIONS pings: called with (status | None, reason, now, retry_after)), or None (CANCEL)."""
         relay = owner if isinstance(owner, _Relay) else None
+        try:
+            self._client_event_loop(owner, relay, ctx, dest, events, now, out)
+        finally:  # even if relaying raised, the transaction table stays true
+            if ctx.terminated:
+                self._client.pop(ctx.key, None)
+            else:
+                self._schedule(ctx)
+
+    def _client_event_loop(self, owner: Any, relay: "_Relay | None", ctx: ClientTransaction,
+                           dest: Destination | None, events: list, now: float, out: list) -> None:
         for ev in events:
             if isinstance(ev, Transmit):
                 msg = ev.message
@@ -504,10 +581,6 @@ class Proxy:
                         ctx.request, code, text, self._tag(ctx.request)), now, out)
                 elif owner is not None:
                     owner(None, reason, now, None)
-        if ctx.terminated:
-            self._client.pop(ctx.key, None)
-        else:
-            self._schedule(ctx)
 
     # ---------------------------------------------------------------- originated requests
     def originate(self, req: Request, dest: Destination, now: float, on_result: Any,
@@ -538,8 +611,12 @@ class Proxy:
             elif 200 <= status < 300:
                 log.error("late 2xx from an abandoned Teams proxy call_id=%s", relay.call_id)
             return
-        if ctx is relay.client and relay.deadline is not None:
-            relay.deadline = None  # the target answered: no failover on silence any more
+        if ctx is relay.client and relay.deadline_kind != "cancel" and relay.request.method == "INVITE":
+            # the target answered: no failover on silence any more; Timer C runs (and restarts
+            # on every provisional, 16.7 step 2) until the final answer
+            self._set_deadline(relay, now + TIMER_C, "timer_c")
+        elif ctx is relay.client and relay.deadline_kind == "failover":
+            self._set_deadline(relay, None, "")
         if status == 100:
             return
         if self.media is not None and not media_done:
@@ -599,6 +676,16 @@ class Proxy:
         self._media_ops[op] = cont
         out.append(MediaCall(op, step.command))
 
+    def _final_local(self, relay: _Relay, status: int, reason: str, now: float, out: list,
+                     headers: list | None = None) -> None:
+        """Answer the relayed request ourselves and forget its media."""
+        relay.final_sent = True
+        relay.deadline = None
+        self._respond(relay.server, self._local_response(
+            relay.request, Reply(status, reason, headers or []), relay.src.leg), now, out)
+        self._failed_upstream(relay, status, reason)
+        self._media_forget(relay, out)
+
     def _call_started(self, req: Request, src: Source, identity: str | None) -> None:
         other = PBX if src.leg == TEAMS else TEAMS
         self.observer.call_started(req.call_id, f"{src.leg}->{other}", identity,
@@ -621,23 +708,15 @@ class Proxy:
         if isinstance(reply, Exception) or "sdp" not in reply:
             why = reply if isinstance(reply, Exception) else "reply without sdp"
             log.error("media offer failed, call refused: %s call_id=%s", why, relay.call_id)
-            relay.final_sent = True
-            self._respond(relay.server, self._local_response(
-                relay.request, Reply(503, "Service Unavailable"), relay.src.leg), now, out)
-            self._failed_upstream(relay, 503, "Service Unavailable (media)")
-            self._media_forget(relay, out)
+            self._final_local(relay, 503, "Service Unavailable", now, out)
             return
         sdp = str(reply["sdp"])
         first = relay.decision.targets[0].dest
         problem = self.media.sdp_problem(sdp, first.leg, first.transport)
         if problem:
             log.error("call refused: %s call_id=%s", problem, relay.call_id)
-            relay.final_sent = True
-            self._respond(relay.server, self._local_response(
-                relay.request, Reply(488, "SDP Too Large For UDP Trunk",
-                                     [("Warning", f'399 sbc "{problem}"')]), relay.src.leg), now, out)
-            self._failed_upstream(relay, 488, "SDP Too Large For UDP Trunk")
-            self._media_forget(relay, out)
+            self._final_local(relay, 488, "SDP Too Large For UDP Trunk", now, out,
+                              [("Warning", f'399 sbc "{problem}"')])
             return
         relay.decision.request.body = sdp.encode()
         self._next_target(relay, now, out)
@@ -665,11 +744,9 @@ class Proxy:
             relay.cancelled = True
             self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
         if not relay.final_sent:
-            relay.final_sent = True
-            self._respond(relay.server, self._local_response(
-                relay.request, Reply(503, "Service Unavailable"), relay.src.leg), now, out)
-            self._failed_upstream(relay, 503, "Service Unavailable (media)")
-        self._media_forget(relay, out)
+            self._final_local(relay, 503, "Service Unavailable", now, out)
+        else:
+            self._media_forget(relay, out)
 
     def _end_answered_branch(self, relay: _Relay, ctx: ClientTransaction, resp: Response,
                              now: float, out: list) -> None:
@@ -710,12 +787,25 @@ class Proxy:
         out.extend(self.originate(request("BYE", cseq + 1), hop, now, _ignore_result))
 
     def _upstream(self, relay: _Relay, resp: Response, now: float, out: list[Send]) -> None:
-        """16.7: forward a response to the request's sender through the server transaction."""
+        """16.7: forward a response to the request's sender through the server transaction.
+        A response we cannot relay (no Via left for the sender, a malformed header we must
+        rewrite) never strands the transaction: a final one becomes 502 (a 2xx is also ACKed
+        and BYEd toward the callee), a provisional one is dropped."""
         up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
         up.headers.pop_first("via")
-        if up.headers.get("via") is None:
-            return
-        self.router.outgoing(up, relay.src.leg, relay.decision.identity)
+        try:
+            sender_via = up.headers.get("via")
+            if sender_via is None:
+                raise ParseError("Response without the sender's Via")
+            parse_via(sender_via)
+            self.router.outgoing(up, relay.src.leg, relay.decision.identity)
+        except ParseError as e:
+            log.warning("cannot relay %d %s: %s call_id=%s", resp.status, resp.reason, e.reason, relay.call_id)
+            if resp.status < 200:
+                return
+            if resp.status < 300 and relay.client is not None:
+                self._end_answered_branch(relay, relay.client, resp, now, out)
+            up = self._local_response(relay.request, Reply(502, "Bad Gateway"), relay.src.leg)
         self._respond(relay.server, up, now, out)
 
     # ---------------------------------------------------------------- responses

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 
-from . import __version__
 from .config import Config, HostPort, TenantSection
 from .health import HealthBook
 from .proxy import PBX, TEAMS, Destination, Drop, Forward, Leg, Reply, Target

@@ -50,6 +50,11 @@ class StreamConn(asyncio.Protocol):
         self._keepalive: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = getattr(self.shell.proxy, "guard", None)
+        if (guard is not None and self.key is None and self.leg == PBX and not guard.admit_connection(
+                transport.get_extra_info("peername") or ("?", 0), PBX, self.shell.loop.time(), transport)):
+            transport.abort()  # not a configured PBX (security.unknown_source: drop), banned or over a limit
+            return
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.src = Source(self.leg, self.proto, (peer[0], peer[1]), self)
@@ -124,6 +129,11 @@ class TlsAcceptor(asyncio.Protocol):
         self.shell = shell
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = getattr(self.shell.proxy, "guard", None)
+        if guard is not None and not guard.admit_connection(
+                transport.get_extra_info("peername") or ("?", 0), TEAMS, self.shell.loop.time(), transport):
+            transport.abort()  # outside Teams' ranges, banned or over a limit: not even a TLS handshake
+            return
         transport.pause_reading()  # type: ignore[attr-defined]  # the ClientHello waits in the socket
         self.shell.loop.create_task(self.shell.accept_tls(transport))  # type: ignore[arg-type]
 
@@ -142,6 +152,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
             return  # keep-alive noise on UDP
+        guard = getattr(self.shell.proxy, "guard", None)
+        if guard is not None and not guard.admit_address(addr[0], self.leg, self.shell.loop.time()):
+            return  # not a configured PBX or banned: dropped before parsing, counted
         self.shell.deliver(data, Source(self.leg, "udp", (addr[0], addr[1])))
 
     def error_received(self, exc: Exception) -> None:
@@ -274,6 +287,8 @@ class Shell:
         except (OSError, asyncio.TimeoutError, ConnectionError) as e:
             self.stats["tls_failures"] += 1
             log.warning("TLS handshake from %s:%d refused: %s", peer[0], peer[1], _describe(e))
+            if getattr(self.proxy, "guard", None) is not None:
+                self.proxy.guard.handshake_failed(peer, self.loop.time())
             raw.close()
             return
         if tls is None:
@@ -283,6 +298,8 @@ class Shell:
         if problem:
             self.stats["tls_failures"] += 1
             log.warning("TLS peer %s:%d refused: %s", peer[0], peer[1], problem)
+            if getattr(self.proxy, "guard", None) is not None:
+                self.proxy.guard.handshake_failed(peer, self.loop.time())
             tls.abort()
             return
         self.stats["tls_handshakes"] += 1

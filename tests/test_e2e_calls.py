@@ -219,7 +219,7 @@ def test_failover_from_unreachable_sip_to_sip2(tmp_path, procs, test_pki):
 
 
 def test_requests_from_other_addresses_are_refused(tmp_path, procs, test_pki):
-    lab = Lab(tmp_path, procs, test_pki)
+    lab = Lab(tmp_path, procs, test_pki, extra={"security": {"unknown_source": "403"}})
     teams = lab.teams_uas(calls=1)
     intruder = lab.pbx_uac("uac_reject.xml", calls=1, local_ip="127.0.0.2", keys={"code": 403}).run()
     assert intruder.ok, intruder.describe()
