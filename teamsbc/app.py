@@ -5,6 +5,7 @@ import asyncio
 import logging
 import signal
 
+from .admin import Observability
 from .config import Config
 from .events import Observers
 from .guard import Guard
@@ -51,7 +52,9 @@ def build(config: Config, now: float | None = None, *, keepalive: bool = False) 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
+    obs = Observability(admin=config.admin, cdr=config.cdr, capture=config.capture)
     router, proxy = build(config, loop.time(), keepalive=True)
+    obs.install(proxy)  # metrics, CDRs, capture next to the observers the core already has
     t = config.teams
     pool = None
     if config.media.rtpengine:
@@ -64,6 +67,12 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
     shell = Shell(config, proxy, server_context(t.certificate, t.private_key, t.trusted_ca),
                   client_context(t.certificate, t.private_key, t.trusted_ca), media=pool)
     await shell.start()
+    try:
+        await obs.start(proxy=proxy, shell=shell, health=router.health, config=config, media=pool)
+    except BaseException:
+        await shell.stop(grace=0)
+        await obs.stop()
+        raise
     http01 = await _serve_http01(config)
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -81,7 +90,10 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
         ready.set()
     await stop.wait()
     log.info("stopping: draining %d pending requests", proxy.pending_requests)
-    await shell.stop()
+    try:
+        await shell.stop()
+    finally:
+        await obs.stop()
     if http01 is not None:
         await http01.cleanup()
     if pool is not None:

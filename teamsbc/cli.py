@@ -75,11 +75,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or c.log.level)
     log = logging.getLogger("teamsbc")
     log.info("teamsbc %s starting with %s", __version__, c.source)
+    import sqlite3
+
+    from .admin import AdminConfigError
     from .app import serve
+    from .cdr import CdrError
     try:
         asyncio.run(serve(c))
     except TlsConfigError as e:
         log.error("TLS setup failed: %s", e)
+        return 2
+    except (CdrError, sqlite3.Error) as e:
+        log.error("call detail records unusable: %s", e)
+        return 2
+    except AdminConfigError as e:
+        log.error("admin API refused: %s", e)
         return 2
     except OSError as e:
         log.error("cannot start: %s", e.strerror or e)
@@ -106,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     doctor.register(sub)
     teams_setup.register(sub)
     demo.register(sub)
+    from .cdr import register as register_cdr
+    register_cdr(sub)
     args = p.parse_args(argv)
     return args.func(args)
 

@@ -131,6 +131,9 @@ class Config:
     source: str = "<embedded>"
     acme: AcmeSettings = field(default_factory=default_acme)
     security: "SecuritySection" = field(default_factory=lambda: SecuritySection())
+    admin: Any = None      # admin.AdminSettings
+    cdr: Any = None        # cdr.CdrSettings
+    capture: Any = None    # capture.CaptureSettings
 
 
 _FQDN_RE = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\Z")
@@ -262,7 +265,7 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
     r = _Reader(source, base or Path.cwd())
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: top level must be a mapping with sbc, teams, pbx sections"])
-    known_top = {"sbc", "teams", "pbx", "media", "numbers", "log", "certs_dir", "acme", "admin",
+    known_top = {"sbc", "teams", "pbx", "media", "numbers", "log", "certs_dir", "acme", "admin", "cdr", "capture",
                  "security"}
     for k in data:
         if k not in known_top:
@@ -396,6 +399,15 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
     lg = r.section(data, "log", {"level"}, required=False)
     level = r.str_(lg, "log", "level", "info", ("debug", "info", "warning", "error")) or "info"
 
+    from .admin import parse_settings as admin_settings
+    from .capture import parse_settings as capture_settings
+    from .cdr import parse_settings as cdr_settings
+    admin, e1 = admin_settings(data.get("admin"), r.base)
+    cdr, e2 = cdr_settings(data.get("cdr"), r.base)
+    capture, e3 = capture_settings(data.get("capture"), r.base)
+    for k, problem in (*e1, *e2, *e3):
+        r.err(k, problem)
+
     if r.errors:
         raise ConfigError(r.errors)
     assert fqdn and listen and cert and key and pbx_listen and pbx_transport and pbx_address
@@ -414,6 +426,9 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
         source=source,
         acme=acme,
         security=security,
+        admin=admin,
+        cdr=cdr,
+        capture=capture,
     )
 
 

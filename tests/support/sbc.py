@@ -64,6 +64,8 @@ class SbcProcess:
                     "address": f"{pbx_host}:{pbx_port}", "options_interval": 30 if keepalive else 0},
             "numbers": {"country_code": "44"},
             "log": {"level": "debug"},
+            "admin": {"listen": f"{LOOPBACK}:{free_port('tcp')}"},
+            "cdr": {"path": str(self.dir / "cdr.sqlite")},
         }
         for section, values in (extra or {}).items():
             if isinstance(values, dict):
