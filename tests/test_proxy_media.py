@@ -103,7 +103,8 @@ def test_bye_and_cancel_delete_the_session_without_waiting(proxy):
            "From: <sip:+4930123@sip.pstnhub.microsoft.com>;tag=t1\r\nTo: <sip:+1555@sbc.example.com>;tag=p1\r\n"
            "Call-ID: teams-call-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
     media, sends = split(proxy.receive(bye, TEAMS_SRC, 0.0))
-    assert [(m.op, m.command) for m in media] == [(None, {"command": "delete", "call-id": "teams-call-1"})]
+    assert [(m.op, m.command) for m in media] == [
+        (None, {"command": "delete", "call-id": "teams-call-1", "from-tag": "t1", "to-tag": "p1"})]
     assert kinds(sends) == ["BYE"]
 
 

@@ -55,7 +55,12 @@ class MediaAnchor:
 
     def for_request(self, req: Request, toward: str) -> Step | None:
         call_id = req.call_id
-        if req.method in ("BYE", "CANCEL"):
+        if req.method == "BYE":
+            # with both tags rtpengine still deletes the whole call and answers with its
+            # per-stream statistics (for the call detail record)
+            f, t = _tags(req)
+            return Step(sdp_policy.delete(call_id, f or None, t), wait=False)
+        if req.method == "CANCEL":
             return Step(sdp_policy.delete(call_id), wait=False)
         sdp = sdp_of(req)
         if sdp is None:
