@@ -509,6 +509,8 @@ class Proxy:
         transport = target.dest.transport
         params = f";branch={branch}" + (";rport" if transport == "udp" else "")
         h.add_first("via", f"SIP/2.0/{transport.upper()} {out_leg.via_host}:{out_leg.via_port}{params}")
+        if self.router.hiding and target.dest.leg == TEAMS:
+            self.router.hide_request_toward_teams(req)
         self.router.outgoing(req, target.dest.leg, identity)
 
     def _relay_deadline(self, relay: _Relay, now: float, out: list[Send]) -> None:
@@ -793,6 +795,11 @@ class Proxy:
         and BYEd toward the callee), a provisional one is dropped."""
         up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
         up.headers.pop_first("via")
+        if self.router.hiding:
+            if relay.src.leg == PBX:  # its Vias stayed with us (topology hiding)
+                self.router.unhide_response_toward_pbx(up, relay.request.headers.get_all("via"))
+            else:
+                self.router.hide_response_toward_teams(up)
         try:
             sender_via = up.headers.get("via")
             if sender_via is None:

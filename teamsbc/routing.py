@@ -22,7 +22,7 @@ from .sip.errors import ParseError
 from .sip.message import Headers, Request, Response
 from .sip.uri import SipUri, format_params, parse_name_addr, parse_uri
 from .teams import (ALLOW_TOWARD_TEAMS, USER_AGENT, X_MS_SBC, TeamsIdentity, e164_address,
-                    rewrite_toward_teams, to_e164)
+                    fold_route, rewrite_toward_teams, to_e164, unfold_route)
 
 ALLOW_PBX = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, INFO, UPDATE, REFER"
 
@@ -40,6 +40,7 @@ class Router:
         pbx = config.pbx
         self.pbx_dest = Destination(PBX, pbx.transport, pbx.address.host, pbx.address.port)
         self.tenants = config.teams.tenants
+        self.hiding = config.security.topology_hiding
         self.pbx_hosts = {pbx.address.host} | {t.pbx.host for t in self.tenants.values() if t.pbx}
         self.pbx_rr = f"<sip:{pbx.listen}{';transport=tcp' if pbx.transport == 'tcp' else ''};lr;r2=on>"
         self.legs = {
@@ -210,6 +211,45 @@ class Router:
             return None
         return self.teams_dest(via.host.lower(), via.port)
 
+    # ------------------------------------------------------------------ topology hiding
+    def hide_request_toward_teams(self, req: Request) -> None:
+        """Only our Via, and only Record-Route entries naming us (the rest folded)."""
+        h = req.headers
+        h.replace_all("via", h.get_all("via")[:1])
+        rr = h.get_all("record-route")
+        if len(rr) > 1 and self.is_own_route(rr[0]):
+            top = parse_name_addr(rr[0]).sip_uri()
+            h.replace_all("record-route", [rr[0], fold_route(rr[1:], top.host, self.teams.port)])
+
+    def hide_response_toward_teams(self, resp: Response) -> None:
+        """The PBX side's entries above ours are folded, in the order Teams will use them."""
+        h = resp.headers
+        rr = h.get_all("record-route")
+        for i, v in enumerate(rr):
+            try:
+                name = self.teams.name_of(parse_name_addr(v).sip_uri())
+            except ParseError:
+                name = None
+            if name is not None:
+                if i:
+                    h.replace_all("record-route", [fold_route(list(reversed(rr[:i])), name, self.teams.port)] + rr[i:])
+                return
+
+    def unhide_response_toward_pbx(self, resp: Response, vias: list[str]) -> None:
+        """The PBX's own Vias and route set come back."""
+        h = resp.headers
+        h.replace_all("via", vias)
+        rr = h.get_all("record-route")
+        out: list[str] = []
+        for v in rr:
+            try:
+                hidden = unfold_route(parse_name_addr(v).sip_uri())
+            except ParseError:
+                hidden = None
+            out.extend(hidden if hidden else [v])
+        if out != rr:
+            h.replace_all("record-route", out)
+
     # ------------------------------------------------------------------ helpers
     def own_contact(self, leg: str) -> str:
         if leg == TEAMS:
@@ -294,6 +334,9 @@ class Router:
                 break
             h.pop_first("route")
             popped.append(uri)
+            hidden = unfold_route(uri)
+            if hidden:  # the PBX side's own route set, folded toward Teams (topology hiding)
+                h.replace_all("route", hidden + h.get_all("route"))
         return popped
 
     def is_own_route(self, value: str) -> bool:

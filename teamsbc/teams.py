@@ -96,6 +96,36 @@ class TeamsIdentity:
         return decode_contact(v)
 
 
+# Topology hiding (security.topology_hiding): the Record-Route entries of the PBX side (ours
+# and the PBX's own) travel toward Teams folded into one entry naming our FQDN; popping it
+# restores them, so the PBX keeps its real route set, with no state (restarts included).
+RR_PARAM = "x-tsbc-rr"
+
+
+def fold_route(entries: list[str], fqdn: str, port: int) -> str:
+    """One Record-Route entry naming us that carries `entries` (in the order they will be
+    used as Route by whoever receives them back)."""
+    token = encode_contact("\n".join(entries))
+    return f"<sip:{fqdn}:{port};transport=tls;lr;r2=on;{RR_PARAM}={token}>"
+
+
+def unfold_route(uri: SipUri) -> list[str] | None:
+    v = uri.params.get(RR_PARAM)
+    if v is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4)).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    entries = [e for e in raw.split("\n") if e]
+    for e in entries:
+        try:
+            parse_name_addr(e).sip_uri()
+        except ParseError:
+            return None
+    return entries
+
+
 def rewrite_toward_teams(msg: Message, ident: TeamsIdentity, fqdn: str | None = None) -> None:
     """Headers every message to Teams must carry (reference 3, 4, 5, 7)."""
     h = msg.headers

@@ -225,3 +225,22 @@ def test_requests_from_other_addresses_are_refused(tmp_path, procs, test_pki):
     assert intruder.ok, intruder.describe()
     teams.stop()
     assert teams.wait().received("INVITE") == []
+
+
+def test_topology_hiding_calls_both_ways(tmp_path, procs, test_pki):
+    """security.topology_hiding: Teams sees only our FQDN in Via and Record-Route; the route
+    set still works both ways (ACK, BYE from either end)."""
+    lab = Lab(tmp_path, procs, test_pki, extra={"security": {"topology_hiding": True}})
+    internal = f"127.0.0.1:{lab.sbc.pbx_listen_port}"
+    teams = lab.teams_uas("uas_bye.xml", calls=1)
+    pbx = lab.pbx_uac("uac_callee_bye.xml", calls=1).run()
+    lab.check(pbx, teams.wait())
+    inv = teams.wait().received("INVITE")[0]
+    assert len(inv.values("via")) == 1 and inv.values("via")[0].startswith(f"SIP/2.0/TLS {test_pki.sbc_fqdn}:")
+    assert all(test_pki.sbc_fqdn in v and internal not in v for v in inv.values("record-route"))
+    pbx_uas = lab.pbx_uas(calls=1)
+    teams2 = lab.teams_uac(calls=1).run()
+    lab.check(teams2, pbx_uas.wait())
+    ok = [m for m in teams2.received(200) if m.header("cseq").endswith("INVITE")][0]
+    assert not any(internal in v for v in ok.values("record-route") + ok.values("contact"))
+    assert ok.values("record-route")[-1] == "<sip:sip-du-a-us.pstnhub.microsoft.com:5061;transport=tls;lr>"
