@@ -53,15 +53,17 @@ class Observers(Observer):
     def add(self, obs: Observer) -> None:
         self.observers.append(obs)
 
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith("_") or name in ("observers", "add"):
-            return object.__getattribute__(self, name)
-        targets = object.__getattribute__(self, "observers")
 
-        def fan_out(*args: Any) -> None:
-            for obs in targets:
-                try:
-                    getattr(obs, name)(*args)
-                except Exception:  # an observer bug must not drop a call
-                    log.exception("observer %s.%s failed", type(obs).__name__, name)
-        return fan_out
+def _fan_out(name: str) -> Any:
+    def method(self: Observers, *args: Any) -> None:
+        for obs in self.observers:
+            try:
+                getattr(obs, name)(*args)
+            except Exception:  # an observer bug must not drop a call
+                log.exception("observer %s.%s failed", type(obs).__name__, name)
+    method.__name__ = name
+    return method
+
+
+for _name in [n for n in vars(Observer) if not n.startswith("_")]:
+    setattr(Observers, _name, _fan_out(_name))

@@ -257,3 +257,24 @@ def test_parse_error_reason_is_bounded_and_single_line():
     err = ParseError("bad\r\nInjected: yes" + "x" * 500)
     assert err.reason == "bad  Injected: yes" + "x" * 102
     assert (len(err.reason), err.status, str(err)[:3]) == (120, 400, "bad")
+
+
+# ---------------------------------------------------------------- split_quoted fast path
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from teamsbc.sip.uri import _split_quoted_slow  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='ab,;<>"\\ ', max_size=40), st.sampled_from([",", ";"]))
+def test_split_quoted_agrees_with_the_reference_scanner(text, sep):
+    """The regex-driven split_quoted (hot path) behaves exactly like the plain scanner."""
+    from teamsbc.sip.errors import ParseError
+    from teamsbc.sip.uri import split_quoted
+    try:
+        expected = _split_quoted_slow(text, sep)
+    except ParseError:
+        with pytest.raises(ParseError):
+            split_quoted(text, sep)
+        return
+    assert split_quoted(text, sep) == expected
