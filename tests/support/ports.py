@@ -29,6 +29,10 @@ Kind = Literal["udp", "tcp", "both"]
 
 _lock = threading.Lock()
 _reserved: dict[int, int] = {}  # port -> fd of its lock file (kept open = reservation held)
+_given: set[int] = set()        # every port handed out: never handed out again by this process
+# Open lock files are file descriptors: a long run must not pile up thousands of them (select()
+# fails above 1024). The oldest reservations are released; their tests are long finished.
+MAX_HELD = 256
 _LOCK_DIR = Path(tempfile.gettempdir()) / f"teamsbc-test-ports-{os.getuid()}"
 # Range for contiguous blocks: below Linux's default ephemeral range (32768-60999), so that
 # outgoing connections of other processes do not land in it by chance.
@@ -58,7 +62,7 @@ def port_is_free(port: int, kind: Kind = "both", host: str = HOST) -> bool:
 
 def _try_reserve(port: int) -> bool:
     """Take the cross-process reservation for ``port`` (caller holds _lock)."""
-    if port in _reserved:
+    if port in _reserved or port in _given:
         return False
     _LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(_LOCK_DIR / str(port), os.O_RDWR | os.O_CREAT, 0o600)
@@ -70,6 +74,9 @@ def _try_reserve(port: int) -> bool:
             return False
         raise
     _reserved[port] = fd
+    _given.add(port)
+    while len(_reserved) > MAX_HELD:
+        os.close(_reserved.pop(next(iter(_reserved))))  # dicts keep insertion order
     return True
 
 
@@ -94,7 +101,7 @@ def free_port(kind: Kind = "udp", *, attempts: int = 200) -> int:
     with _lock:
         for _ in range(attempts):
             port = _bind_zero(ask)
-            if port in _reserved or not port_is_free(port, "both"):
+            if port in _given or not port_is_free(port, "both"):
                 continue
             if _try_reserve(port):
                 return port
@@ -118,7 +125,7 @@ def free_port_range(n: int, *, attempts: int = 500) -> int:
         for _ in range(attempts):
             base = rng.randrange(lo, hi - n) & ~1  # even base, like RTP
             block = range(base, base + n)
-            if any(p in _reserved for p in block):
+            if any(p in _given for p in block):
                 continue
             if not all(port_is_free(p, "both") for p in block):
                 continue
