@@ -178,34 +178,6 @@ def split_quoted(text: str, sep: str) -> list[str]:
     return out
 
 
-def _split_quoted_slow(text: str, sep: str) -> list[str]:
-    """The character-by-character reference of split_quoted (kept for its property test)."""
-    if sep not in text:
-        return [text]
-    out, start, in_q, in_a, i, n = [], 0, False, False, 0, len(text)
-    while i < n:
-        c = text[i]
-        if in_q:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                in_q = False
-        elif c == '"':
-            in_q = True
-        elif c == "<":
-            in_a = True
-        elif c == ">":
-            in_a = False
-        elif c == sep and not in_a:
-            out.append(text[start:i])
-            start = i + 1
-        i += 1
-    if in_q:
-        raise ParseError("Unterminated quoted string")  # RFC 4475 3.1.2.6
-    out.append(text[start:])
-    return out
-
-
 @dataclass(slots=True)
 class NameAddr:
     """`"Display" <uri>;params` or `uri;params` (the params then belong to the header, 20.10).
