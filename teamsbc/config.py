@@ -90,6 +90,7 @@ class PbxSection:
     address: HostPort
     options_interval: float = 30.0   # OPTIONS to the PBX; 0 = off (the PBX is then always up)
     options_timeout: float = 5.0
+    auth: Any = None                 # digest.DigestCredentials: the PBX must authenticate (optional)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +334,8 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
         san_v = [TEAMS_SAN[cloud]]
     tenants = _tenants(r, t.get("tenants"), fqdn)
 
-    pb = r.section(data, "pbx", {"listen", "transport", "address", "options_interval", "options_timeout"})
+    pb = r.section(data, "pbx", {"listen", "transport", "address", "options_interval", "options_timeout",
+                                 "auth"})
     pbx_listen = r.ip_hostport(pb, "pbx", "listen")
     if pbx_listen is not None and pbx_listen.host in ("0.0.0.0", "::"):
         r.err("pbx.listen", f"{pbx_listen.host} is not an address the PBX can be sent back to: use the SBC's own IP on the PBX network (it goes into Record-Route and Via)")
@@ -341,6 +343,23 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
     pbx_address = r.ip_hostport(pb, "pbx", "address")
     pbx_opt = float(r.number(pb, "pbx", "options_interval", 30, 0, 600))
     pbx_opt_timeout = float(r.number(pb, "pbx", "options_timeout", 5, 0.5, 32))
+    pbx_auth = None
+    if pb.get("auth") is not None:
+        a = pb.get("auth")
+        if not isinstance(a, dict):
+            r.err("pbx.auth", "must be {realm: ..., username: ..., password: ...}")
+        else:
+            for k in a:
+                if k not in ("realm", "username", "password"):
+                    r.err(f"pbx.auth.{k}", "unknown key (known: password, realm, username)")
+            realm = r.str_(a, "pbx.auth", "realm", fqdn or "teamsbc")
+            user = r.str_(a, "pbx.auth", "username")
+            pw = r.str_(a, "pbx.auth", "password")
+            if pw is not None and len(pw) < 12:
+                r.err("pbx.auth.password", "must be at least 12 characters (trunk credentials are brute-forced)")
+            elif realm and user and pw:
+                from .digest import DigestCredentials
+                pbx_auth = DigestCredentials(realm, user, pw)
 
     m = r.section(data, "media", {"rtpengine", "pbx_codecs", "interfaces", "timeout", "teams_ice",
                                   "ping_interval", "down_after", "max_sdp_to_pbx", "hold_inactive",
@@ -417,7 +436,7 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
                            invite_timeout, cloud, options_interval, options_timeout, options_alarm,
                            allow_refer, opt503, tuple(x.lower() for x in san_v), tenants, keepalive,
                            max_age),
-        pbx=PbxSection(pbx_listen, pbx_transport, pbx_address, pbx_opt, pbx_opt_timeout),
+        pbx=PbxSection(pbx_listen, pbx_transport, pbx_address, pbx_opt, pbx_opt_timeout, pbx_auth),
         media=MediaSection(tuple(rtp), tuple(codecs), ifaces, media_timeout, teams_ice, ping_iv,
                            down_after, max_sdp, hold_inactive, sdes_lifetime),
         numbers=numbers,

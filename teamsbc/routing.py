@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 from .config import Config, HostPort, TenantSection
+from .digest import DigestAuth
 from .health import HealthBook
 from .proxy import PBX, TEAMS, Destination, Drop, Forward, Leg, Reply, Target
 from .sip.errors import ParseError
@@ -41,6 +42,7 @@ class Router:
         self.pbx_dest = Destination(PBX, pbx.transport, pbx.address.host, pbx.address.port)
         self.tenants = config.teams.tenants
         self.hiding = config.security.topology_hiding
+        self.auth = DigestAuth(config.pbx.auth) if config.pbx.auth else None
         self.pbx_hosts = {pbx.address.host} | {t.pbx.host for t in self.tenants.values() if t.pbx}
         self.pbx_rr = f"<sip:{pbx.listen}{';transport=tcp' if pbx.transport == 'tcp' else ''};lr;r2=on>"
         self.legs = {
@@ -52,6 +54,13 @@ class Router:
     def request(self, req: Request, src, now: float) -> Reply | Forward | Drop:
         if src.leg == PBX and src.addr[0] not in self.pbx_hosts:
             return Reply(403, "Forbidden", log=f"{src.addr[0]} is not a configured PBX")
+        if src.leg == PBX and self.auth is not None and req.to_addr.tag is None \
+                and req.method not in ("ACK", "CANCEL", "OPTIONS"):
+            refusal = self.authenticate(req, now)
+            if refusal is not None:
+                return refusal
+        if req.method == "REGISTER" and src.leg == PBX:
+            return self.register_answer(req)
         if req.method == "OPTIONS" and not req.to_addr.tag:
             return self.keepalive_answer(src.leg, now)
         if req.to_addr.tag is not None:
@@ -93,6 +102,7 @@ class Router:
                          "(not a number, or a national number without numbers.country_code)")
         identity = self.tenant_of_call(req, src)
         self.normalise_numbers(req, identity or self.teams.fqdn)
+        req.headers.remove("proxy-authorization")  # the PBX's credentials stay here
         proxies = [p for p in self.config.teams.proxies if self.health.usable(p, now)]
         if not proxies:
             proxies = list(self.config.teams.proxies)  # all marked down: try them anyway, in order
@@ -124,6 +134,25 @@ class Router:
         ruri = req.ruri
         ruri.headers = None
         return Forward(req, [Target(self.teams_dest(hop.host_bare, hop.port), str(ruri))], identity=identity)
+
+    # ------------------------------------------------------------------ PBX authentication
+    def authenticate(self, req: Request, now: float) -> Reply | None:
+        """pbx.auth: new requests from the PBX carry Digest credentials (RFC 3261 22)."""
+        register = req.method == "REGISTER"
+        header = req.headers.get("authorization" if register else "proxy-authorization")
+        ok, stale, why = self.auth.check(req.method, header, now)  # type: ignore[union-attr]
+        if ok:
+            return None
+        code, reason, name = ((401, "Unauthorized", "WWW-Authenticate") if register else
+                              (407, "Proxy Authentication Required", "Proxy-Authenticate"))
+        return Reply(code, reason, [(name, self.auth.challenge(now, stale))],  # type: ignore[union-attr]
+                     log=None if why == "no credentials" else f"PBX authentication failed: {why}")
+
+    def register_answer(self, req: Request) -> Reply:
+        """A PBX that registers to its trunk: accepted (calls to it still go to pbx.address)."""
+        contacts = req.headers.get_all("contact")
+        expires = req.headers.get("expires") or "3600"
+        return Reply(200, "OK", [("Contact", c) for c in contacts] + [("Expires", expires)])
 
     # ------------------------------------------------------------------ keep-alive
     def keepalive_answer(self, leg: str, now: float) -> Reply:
