@@ -86,7 +86,20 @@ def media_port_window(size: int = 200) -> int:
         if base is not None:
             return base
         gc.collect()  # finalizers of RtpEngine objects of finished tests give windows back
+        _reclaim_exited()  # and windows of rtpengines whose process is gone, however referenced
     raise RuntimeError(f"no free window of {size} media ports above the ephemeral range")
+
+
+_owners: dict[int, "weakref.ref"] = {}  # window base -> the RtpEngine using it
+
+
+def _reclaim_exited() -> None:
+    for base, ref in list(_owners.items()):
+        eng = ref()
+        proc = getattr(eng, "process", None)
+        if eng is None or (proc is not None and proc.poll() is not None):
+            _owners.pop(base, None)
+            release_port_window(base)
 
 
 def _try_window(size: int) -> int | None:
@@ -165,6 +178,7 @@ class RtpEngine:
         self.port_min = media_port_window(window)
         self.port_max = self.port_min + window - 1
         weakref.finalize(self, release_port_window, self.port_min)
+        _owners[self.port_min] = weakref.ref(self)
         self.interfaces = list(interfaces)
         self.extra_args = list(extra_args)
         self.process: ManagedProcess | None = None
