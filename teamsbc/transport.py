@@ -473,7 +473,7 @@ class Shell:
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
-def _grow_receive_buffer(sock: socket.socket) -> None:
+def _grow_receive_buffer(sock: socket.socket, what: str = "PBX UDP") -> None:
     """Bursts of datagrams wait in the kernel while the event loop is busy: give them room.
     SO_RCVBUFFORCE (root / CAP_NET_ADMIN) passes net.core.rmem_max; else the sysctl caps it."""
     try:
@@ -482,7 +482,7 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
     got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     level = logging.INFO if got >= UDP_RECEIVE_BUFFER else logging.WARNING
-    log.log(level, "PBX UDP receive buffer %d KiB%s", got // 1024,
+    log.log(level, "%s receive buffer %d KiB%s", what, got // 1024,
             "" if got >= UDP_RECEIVE_BUFFER else
             f" (wanted {UDP_RECEIVE_BUFFER // 1024}: raise net.core.rmem_max or grant CAP_NET_ADMIN)")
 

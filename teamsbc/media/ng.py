@@ -364,6 +364,10 @@ class _UdpTransport(_Transport):
                         lambda: _UdpProtocol(self), remote_addr=(addr.host, addr.port))
                 except OSError as exc:
                     raise NgConnectionError(f"cannot open UDP socket: {exc}", address=self.name) from None
+                # replies (~2 KB each) pile up while the event loop is busy: room for bursts,
+                # or lost replies make a healthy rtpengine look down (seen at 400 calls/s)
+                from ..transport import _grow_receive_buffer
+                _grow_receive_buffer(self.transport.get_extra_info("socket"), "rtpengine NG")
             return self.transport
 
     async def exchange(self, cookie: bytes, payload: bytes, timeout: float, command: str) -> bytes:
