@@ -1,0 +1,304 @@
+"""Turn the bench data into bench/results/<stem>.md (+ <stem>.json with everything measured)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SCENARIO_NAME = {
+    "udp-udp": "UDP <-> UDP",
+    "tls-udp": "TLS(Teams) -> UDP(PBX)",
+    "udp-tls": "UDP(PBX) -> TLS(Teams)",
+    "tls-udp+rtpengine": "TLS(Teams) -> UDP(PBX) + rtpengine",
+    "udp-tls+rtpengine": "UDP(PBX) -> TLS(Teams) + rtpengine",
+}
+ORDER = list(SCENARIO_NAME)
+TARGET_RATE = 500
+TARGET_P99_ADDED_MS = 10.0
+TARGET_KIB_PER_CALL = 4.0
+
+
+def _f(v, nd=1, unit="") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, (int, float)):
+        return f"{v:.{nd}f}{unit}"
+    return str(v)
+
+
+def _ratio(a, b, nd=2) -> str:
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.{nd}f}"
+
+
+def _clean_text(st: dict | None) -> str:
+    if not st:
+        return "not run"
+    r = st.get("clean_rate", 0)
+    if not r:
+        return f"< {st['steps'][0]['rate']}" if st.get("steps") else "—"
+    if st.get("same_as"):
+        return f"same as {SCENARIO_NAME[st['same_as']]} (no media relay): " + _clean_text({k: v for k, v in st.items() if k != "same_as"})
+    return f"≥ {r} (highest step run)" if st.get("capped") else str(r)
+
+
+def rows(data: dict) -> list[dict]:
+    out = []
+    hold = data.get("hold", {})
+    for scenario in ORDER:
+        if not any(k.endswith("/" + scenario) for k in data["steps"]):
+            continue
+        variants = sorted({k.split("/")[0] for k in data["steps"] if k.startswith("teamsbc+")})
+        for system in ["teamsbc", *variants, "kamailio", "direct"]:
+            if system.startswith("teamsbc+") and f"{system}/{scenario}" not in data["steps"]:
+                continue
+            st = data["steps"].get(f"{system}/{scenario}")
+            if st is None and not (system == "teamsbc" and scenario.startswith("udp-udp")):
+                continue  # not measured in this run (--systems)
+            lat = data.get("latency", {}).get(scenario, {}).get(system)
+            row = {"scenario": scenario, "system": system, "steps": st, "clean": (st or {}).get("clean_rate"),
+                   "capped": (st or {}).get("capped"), "lat": lat}
+            if system == "teamsbc" and scenario.startswith("udp-udp"):
+                row["na"] = "n/a: teamsbc has no UDP Teams leg (Teams is TLS-only)"
+            if system != "direct" and scenario == "tls-udp" and system in hold and hold[system].get("points"):
+                p = hold[system]["points"][-1]
+                row["mem_per_1000"] = p["pss_kib_per_1000"]
+                row["mem_n"] = p["established"]
+            out.append(row)
+    return out
+
+
+def build_markdown(data: dict, stem: str) -> str:
+    env = data.get("env", {})
+    plan = data["plan"]
+    L = []
+    L.append(f"# teamsbc benchmark, {data['date']} ({data['mode']} run)\n")
+    L.append(f"Same machine, same run: {env.get('cpus')} CPUs, {env.get('cpu_model', '?')}, Python {env.get('python')}, "
+             f"{env.get('kamailio', '?')}, {env.get('sipp', '?')}, {env.get('stunnel', '?')}; "
+             f"teamsbc: {data.get('teamsbc', {}).get('source')} (sha256 of its .py {data.get('teamsbc', {}).get('sha256_teamsbc_py')}); load average (1/5/15 min) "
+             f"{env.get('loadavg_start')} at the start, {env.get('loadavg_end')} at the end; bench took {data.get('elapsed_s')} s. The machine is shared: only ratios within this run count.\n")
+    L.append(f"Ladder {plan['ladder']} calls/s, {plan['step_secs']:g} s of calls per step, hold "
+             f"{plan['hold_ms']} ms, `-l` = rate x (hold + 2 s) + 50. A step is clean when every call succeeds "
+             f"on both sipps, retransmissions and unexpected messages stay within 0.1% of the calls, sipp starts "
+             f"calls at >= 95% of the asked rate, and p99 INVITE->200 < 500 ms (the UDP T1: slower would be "
+             f"retransmitted on UDP, so TCP gets the same bar). "
+             + ("A failing step is run once more before it counts (noise). " if plan.get("retry") else "")
+             + f"Latency/CPU: {plan['lat_secs']:g} s at 50% of each system's clean rate; \"added\" = that "
+             f"system's percentile minus sipp->sipp direct's at the same rate, same scenario "
+             f"(INVITE sent -> 200 received, microsecond timestamps from the scenario; sipp's _rtt.csv, whole ms, "
+             f"kept in the JSON). CPU: utime+stime of all proxy processes. Memory: PSS summed over the proxy's "
+             f"processes (= RSS for single-process teamsbc; kamailio's workers share one shm segment, so "
+             f"summed VmRSS would count shared pages once per process: both are in the hold table).\n")
+
+    ov = data.get("sbc_overrides") or {}
+    if ov:
+        L.append("teamsbc configuration for the bench (besides listeners, certificates and `teams.resolve` "
+                 "to the stunnel ports): " + "; ".join(f"`{sec}.{k}: {v}`" for sec, d in ov.items() for k, v in d.items())
+                 + ". Keep-alive OPTIONS off (a sipp does not answer them), the call-admission limits "
+                 "of `security.*` lifted (they are policy: with the defaults, new calls from one Teams "
+                 "address beyond 100/s, burst 200, are refused with 503, which is what the bench would "
+                 "then measure).\n")
+
+    # ---------------------------------------------------------------- main table
+    L.append("## Results\n")
+    L.append("| Scenario | System | Highest clean calls/s | p50 added ms @50% | p99 added ms @50% | "
+             "CPU s / 1,000 calls | KiB / 1,000 concurrent calls |")
+    L.append("|---|---|---|---|---|---|---|")
+    rs = rows(data)
+    by = {(r["scenario"], r["system"]): r for r in rs}
+    for r in rs:
+        if r.get("na"):
+            L.append(f"| {SCENARIO_NAME[r['scenario']]} | {r['system']} | {r['na']} | | | | |")
+            continue
+        name = r["system"] if "+" not in r["system"] else f"{r['system']} (what-if)"
+        lat = r["lat"] or {}
+        mem = _f(r.get("mem_per_1000"), 0) + (f" (at {r['mem_n']})" if r.get("mem_n") else "") \
+            if r.get("mem_per_1000") is not None else ("—" if r["system"] == "direct" else "see TLS->UDP" if r["scenario"] != "tls-udp" else "—")
+        if r["system"] == "direct":
+            p50 = p99 = "0 (baseline)"
+            cpu = "—"
+        else:
+            p50, p99 = _f(lat.get("p50_added_ms"), 2), _f(lat.get("p99_added_ms"), 2)
+            cpu = _f(lat.get("cpu_s_per_1000_calls"), 3)
+        L.append(f"| {SCENARIO_NAME[r['scenario']]} | {name} | {_clean_text(r['steps'])} | {p50} | {p99} | {cpu} | {mem} |")
+    for scenario in [o for o in ORDER if not o.startswith("udp-udp")]:
+        t, k, d = by.get((scenario, "teamsbc")), by.get((scenario, "kamailio")), by.get((scenario, "direct"))
+        if not t or t.get("na"):
+            continue
+        tl, kl = t["lat"] or {}, (k or {}).get("lat") or {}
+        if k:
+            L.append(f"| {SCENARIO_NAME[scenario]} | **teamsbc / kamailio** | {_ratio(t['clean'], k['clean'])} | "
+                     f"{_ratio(tl.get('p50_added_ms'), kl.get('p50_added_ms'))} | {_ratio(tl.get('p99_added_ms'), kl.get('p99_added_ms'))} | "
+                     f"{_ratio(tl.get('cpu_s_per_1000_calls'), kl.get('cpu_s_per_1000_calls'))} | "
+                     f"{_ratio(t.get('mem_per_1000'), k.get('mem_per_1000'))} |")
+        if d:
+            L.append(f"| {SCENARIO_NAME[scenario]} | **teamsbc / direct** | {_ratio(t['clean'], d['clean'])}"
+                     f"{' (direct capped)' if d.get('capped') else ''} | "
+                     f"{_ratio(tl.get('p50_ms'), tl.get('p50_direct_ms'))} (absolute) | "
+                     f"{_ratio(tl.get('p99_ms'), tl.get('p99_direct_ms'))} (absolute) | — | — |")
+    for sc in [o for o in ORDER if o.endswith("+rtpengine")]:
+        if not any(k.endswith("/" + sc) for k in data["steps"]):
+            L.append(f"| {SCENARIO_NAME[sc]} | — | not part of this run | | | | |")
+    L.append("")
+    if any(k.endswith("+rtpengine") for k in data["steps"]):
+        L.append("\"+ rtpengine\": both proxies anchor the media of every call in their own user-space rtpengine "
+                 "(offer on the INVITE, answer on the 18x/200, delete on the BYE) with the same option sets: "
+                 "SRTP (SDES) + ICE-lite toward Teams, plain RTP toward the PBX; teamsbc through its media "
+                 "pool (NG over UDP), kamailio through its rtpengine module. No RTP flows (sipp sends none): "
+                 "this is the signalling cost of media anchoring. rtpengine's own CPU is in the latency table.\n")
+
+    if data.get("variants"):
+        L.append("What-if rows (`teamsbc+X`) run the same teamsbc code through `bench/launch_teamsbc.py X`, "
+                 "which changes only the interpreter's garbage-collector settings before `teamsbc run` "
+                 "(gc-freeze: start-up objects frozen, generation-0 threshold 50,000; gc-off: no cyclic GC). "
+                 "They are not the product; they show what the change would buy.\n")
+
+    # ---------------------------------------------------------------- targets
+    L.append("## Against the targets\n")
+    L.append("| Target | Measured (teamsbc) | Met |")
+    L.append("|---|---|---|")
+    for scenario in [o for o in ORDER if not o.startswith("udp-udp")]:
+        t = by.get((scenario, "teamsbc"))
+        if t and not t.get("na"):
+            c = t["clean"] or 0
+            k = (by.get((scenario, "kamailio")) or {}).get("clean")
+            L.append(f"| {SCENARIO_NAME[scenario]} >= {TARGET_RATE} clean calls/s | {c} calls/s "
+                     f"(kamailio {k}, ratio {_ratio(c, k)}) | {'yes' if c >= TARGET_RATE else '**no**'} |")
+    for scenario in [o for o in ORDER if not o.startswith("udp-udp")]:
+        t = by.get((scenario, "teamsbc"))
+        if t and t.get("lat"):
+            v = t["lat"].get("p99_added_ms")
+            L.append(f"| {SCENARIO_NAME[scenario]} p99 added < {TARGET_P99_ADDED_MS:g} ms at 50% "
+                     f"({_f(t['lat'].get('rate'), 0)} calls/s) | {_f(v, 2)} ms | "
+                     f"{'—' if v is None else ('yes' if v < TARGET_P99_ADDED_MS else '**no**')} |")
+    h = data.get("hold", {}).get("teamsbc")
+    if h and h.get("points"):
+        for p in h["points"]:
+            kib = p["pss_kib_per_1000"] / 1000.0
+            L.append(f"| < {TARGET_KIB_PER_CALL:g} KiB per concurrent call ({p['established']} calls held) | "
+                     f"{kib:.2f} KiB (RSS {p['rss_kib_per_1000'] / 1000.0:.2f}) | {'yes' if kib < TARGET_KIB_PER_CALL else '**no**'} |")
+    L.append("")
+
+    # ---------------------------------------------------------------- details
+    L.append("## Rate steps\n")
+    for key, st in data["steps"].items():
+        if not st or not st.get("steps") or st.get("same_as"):
+            continue
+        parts = []
+        if st.get("assumed_clean_below"):
+            parts.append(f"{'/'.join(map(str, st['assumed_clean_below']))} assumed clean (cleaner at a higher rate)")
+        for s in st["steps"]:
+            lat = s.get("latency", {})
+            tag = "retry " if s.get("retry") else ""
+            if s["clean"]:
+                parts.append(f"{tag}{s['rate']} ok (p99 {_f(lat.get('p99_ms'), 1)} ms)")
+            else:
+                parts.append(f"{tag}{s['rate']} **not clean**: {'; '.join(s['reasons'])}")
+        L.append(f"- **{key}**: " + ", ".join(parts))
+    L.append("")
+
+    L.append("## Latency and CPU at 50% of the clean rate\n")
+    L.append("| Scenario | System | Rate | p50 ms | p99 ms | direct p50 | direct p99 | p50 added | p99 added | mean added | CPU s | CPU s/1,000 | rtpengine CPU s/1,000 | run clean |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for scenario, per in data.get("latency", {}).items():
+        for system, v in per.items():
+            run = v.get("run", {})
+            L.append(f"| {SCENARIO_NAME[scenario]} | {system} | {_f(v.get('rate'), 0)} | {_f(v.get('p50_ms'), 2)} | "
+                     f"{_f(v.get('p99_ms'), 2)} | {_f(v.get('p50_direct_ms'), 2)} | {_f(v.get('p99_direct_ms'), 2)} | "
+                     f"{_f(v.get('p50_added_ms'), 2)} | {_f(v.get('p99_added_ms'), 2)} | {_f(v.get('mean_added_ms'), 2)} | "
+                     f"{_f(run.get('cpu_s'), 2)} | {_f(v.get('cpu_s_per_1000_calls'), 3)} | "
+                     f"{_f(v.get('rtpengine_cpu_s_per_1000_calls'), 3)} | "
+                     f"{'yes' if run.get('clean') else 'no: ' + '; '.join(run.get('reasons', []))} |")
+    L.append("")
+
+    if data.get("hold"):
+        L.append("## Long hold: memory per concurrent call (TLS -> UDP)\n")
+        L.append("| System | Ramp calls/s | Idle RSS KiB | Idle PSS KiB | Calls held | RSS KiB | PSS KiB | RSS KiB/1,000 | PSS KiB/1,000 |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        for system, h in data["hold"].items():
+            for p in h.get("points", []):
+                L.append(f"| {system} ({h.get('processes')} proc) | {h['rate']:.0f} | {h['idle']['rss_kib']} | {h['idle']['pss_kib']} | "
+                         f"{p['established']} / {p['target']} | {p['rss_kib']} | {p['pss_kib']} | "
+                         f"{p['rss_kib_per_1000']:.0f} | {p['pss_kib_per_1000']:.0f} |")
+            pts = h.get("points", [])
+            if len(pts) >= 2 and pts[-1]["established"] > pts[0]["established"]:
+                d_n = pts[-1]["established"] - pts[0]["established"]
+                L.append(f"| {system}: marginal from {pts[0]['established']} to {pts[-1]['established']} calls | | | | | | | "
+                         f"{(pts[-1]['rss_kib'] - pts[0]['rss_kib']) / d_n * 1000:.0f} | "
+                         f"{(pts[-1]['pss_kib'] - pts[0]['pss_kib']) / d_n * 1000:.0f} |")
+            if h.get("failed_calls"):
+                L.append(f"| {system}: {h['failed_calls']} calls failed during the ramp | | | | | | | | |")
+        L.append("\nCalls are held by the scenario's pause (`-d`), one TLS connection per caller sipp (a first "
+                 "caller ramps to the first count, a second adds the rest), so 10,000 calls need 2 connections "
+                 "and file descriptors are not a limit. Memory is read once all calls of a step are up. "
+                 "It includes the transactions of the calls set up in the last 32 s (teamsbc keeps "
+                 "INVITE transactions 64*T1 after the 2xx, RFC 6026; kamailio frees its own ~5 s after), "
+                 "so it depends on the ramp rate; Python's and kamailio's allocators keep their high-water "
+                 "mark, so none of it shrinks back. The marginal row (between the two counts) is the cost "
+                 "of one more held call at that ramp rate.\n")
+
+    if data.get("profile"):
+        L.append("## teamsbc profile at its limit (cProfile)\n")
+        for scenario, p in data["profile"].items():
+            if p.get("error"):
+                L.append(f"- {SCENARIO_NAME[scenario]}: {p['error']}")
+                continue
+            L.append(f"**{SCENARIO_NAME[scenario]}** at {p['rate']} calls/s: `{p['file']}`, top 25 both ways in "
+                     f"`{p['text']}`. Run under the profiler: "
+                     f"{'clean' if p['run'].get('clean') else 'not clean (' + '; '.join(p['run'].get('reasons', [])) + ')'}.\n")
+            tot = p.get("busy_s") or p.get("total_s") or 1
+            L.append(f"Profiled process: {p.get('total_s', 0):.1f} s: {p.get('startup_s', 0):.1f} s imports and start-up, "
+                     f"{p.get('idle_s', 0):.1f} s waiting in epoll, {tot:.1f} s busy in the event loop (the percentages). "
+                     f"cProfile slows Python code down more than C (sockets, TLS), so the Python share is "
+                     f"overstated by maybe 1.5-2x.\n")
+            L.append("| Own time (tottime) s | % busy | calls | function |")
+            L.append("|---|---|---|---|")
+            for r in [r for r in p["top_tottime"] if "epoll" not in r["func"]][:15]:
+                L.append(f"| {r['tottime']:.2f} | {100 * r['tottime'] / tot:.1f} | {r['ncalls']} | `{r['func']}` |")
+            L.append("")
+            L.append("| Cumulative s (teamsbc's own functions) | % busy | calls | function |")
+            L.append("|---|---|---|---|")
+            for r in (p.get("top_teamsbc_cumtime") or p["top_cumtime"])[:15]:
+                L.append(f"| {r['cumtime']:.2f} | {100 * r['cumtime'] / tot:.1f} | {r['ncalls']} | `{r['func']}` |")
+            L.append("")
+
+    if data.get("problems"):
+        L.append("## Problems seen\n")
+        for p in data["problems"]:
+            died = p.get("died") and p.get("exit") not in (0, None)  # exit 0: our own SIGTERM
+            if not died and not p.get("log_lines") and p.get("system") != "bench":
+                continue
+            head = f"- {p.get('system')} {p.get('scenario', '')} ({p.get('phase')}): "
+            if died:
+                head += f"**process died** (exit {p.get('exit')}); "
+            if p.get("log_lines"):
+                head += f"{p['log_lines']} warning/error log lines"
+            L.append(head)
+            for e in p.get("examples", [])[:8]:
+                L.append(f"    - `{e.strip()[:300]}`")
+        L.append("")
+    if data.get("skipped"):
+        L.append("## Skipped\n")
+        for s in data["skipped"]:
+            L.append(f"- {s}")
+        L.append("")
+    L.append("Raw data: `" + stem + ".json` (every step of every system, both sipps' counters, per-run latency "
+             "summaries from the microsecond timestamps and from sipp's _rtt.csv).\n")
+    return "\n".join(L)
+
+
+def write_report(data: dict, results_dir: Path, stem: str) -> str:
+    md = build_markdown(data, stem)
+    (results_dir / f"{stem}.md").write_text(md)
+    (results_dir / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
+    return md
+
+
+if __name__ == "__main__":
+    # re-render the markdown of a run from its JSON: python bench/report.py bench/results/<stem>.json
+    import sys
+    for arg in sys.argv[1:]:
+        path = Path(arg)
+        data = json.loads(path.read_text())
+        write_report(data, path.parent, path.stem)
+        print(f"wrote {path.with_suffix('.md')}")
