@@ -180,7 +180,47 @@ def build_ack(request: Request, response: Response) -> Request:
 
 
 # --- client transactions (17.1) -----------------------------------------------------------
-class ClientTransaction:
+class _Timed:
+    """What client and server transactions share: three timers (retransmission, timeout,
+    end of the lingering state) and the loop that runs them. Subclasses say how the
+    retransmission interval grows and what is retransmitted."""
+
+    __slots__ = ()
+
+    def _terminate(self) -> None:
+        self.state = TERMINATED
+        self._retx_at = self._timeout_at = self._end_at = None
+
+    def next_timer(self) -> float | None:
+        return _earliest(self._retx_at, self._timeout_at, self._end_at)
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Process every timer due at or before `now` (see the module notes on late calls)."""
+        events: list[Event] = []
+        sent = False
+        while self.state != TERMINATED:
+            end = self._end_at
+            if end is not None and end <= now:
+                self._terminate()  # Timer D / K / M (client), I / J / L (server)
+                break
+            timeout = self._timeout_at
+            if timeout is not None and timeout <= now:
+                self._terminate()  # Timer B / F (client), H: the ACK never came (server)
+                events.append(TimedOut())
+                break
+            retx = self._retx_at
+            if retx is None or retx > now:
+                break
+            self._retx_interval = self._next_interval()
+            self._retx_at = retx + self._retx_interval
+            msg = self._retransmission()
+            if not sent and msg is not None:
+                sent = True  # a stalled loop sends one retransmission, not a burst
+                events.append(Transmit(msg))
+        return events
+
+
+class ClientTransaction(_Timed):
     """An INVITE (17.1.1 + RFC 6026 7.2) or non-INVITE (17.1.2) client transaction.
 
     Construct, then call `start()` and send what it returns. Feed matching responses
@@ -278,43 +318,17 @@ class ClientTransaction:
             self.state = COMPLETED
             self._end_at = now + unreliable_wait
 
-    def _terminate(self) -> None:
-        self.state = TERMINATED
-        self._retx_at = self._timeout_at = self._end_at = None
+    def _next_interval(self) -> float:
+        # Timer A (doubles without cap, 17.1.1.2) or E (doubles up to T2, and is T2 in
+        # Proceeding, 17.1.2.2)
+        if self.is_invite:
+            return self._retx_interval * 2
+        if self.state == PROCEEDING:
+            return self.timers.t2
+        return min(2 * self._retx_interval, self.timers.t2)
 
-    def next_timer(self) -> float | None:
-        return _earliest(self._retx_at, self._timeout_at, self._end_at)
-
-    def handle_timer(self, now: float) -> list[Event]:
-        """Process every timer due at or before `now` (see the module notes on late calls)."""
-        events: list[Event] = []
-        sent = False
-        while self.state != TERMINATED:
-            end = self._end_at
-            if end is not None and end <= now:
-                self._terminate()  # Timer D / K / M
-                break
-            timeout = self._timeout_at
-            if timeout is not None and timeout <= now:
-                self._terminate()  # Timer B / F
-                events.append(TimedOut())
-                break
-            retx = self._retx_at
-            if retx is None or retx > now:
-                break
-            # Timer A (doubles without cap, 17.1.1.2) or E (doubles up to T2, and is T2 in
-            # Proceeding, 17.1.2.2)
-            if self.is_invite:
-                self._retx_interval *= 2
-            elif self.state == PROCEEDING:
-                self._retx_interval = self.timers.t2
-            else:
-                self._retx_interval = min(2 * self._retx_interval, self.timers.t2)
-            self._retx_at = retx + self._retx_interval
-            if not sent:
-                sent = True
-                events.append(Transmit(self.request))
-        return events
+    def _retransmission(self) -> Request | Response | None:
+        return self.request
 
     def transport_error(self, now: float, reason: str = "Transport error") -> list[Event]:
         """The transport could not send (ICMP error, connection refused or lost)."""
@@ -328,7 +342,7 @@ class ClientTransaction:
 
 
 # --- server transactions (17.2) -----------------------------------------------------------
-class ServerTransaction:
+class ServerTransaction(_Timed):
     """An INVITE (17.2.1 + RFC 6026 7.1) or non-INVITE (17.2.2) server transaction.
 
     Created by the owner for a request that matched no transaction (`server_key`); the TU then
@@ -427,36 +441,11 @@ class ServerTransaction:
             return [Transmit(resp)]
         return []
 
-    def _terminate(self) -> None:
-        self.state = TERMINATED
-        self._retx_at = self._timeout_at = self._end_at = None
+    def _next_interval(self) -> float:
+        return min(2 * self._retx_interval, self.timers.t2)  # Timer G
 
-    def next_timer(self) -> float | None:
-        return _earliest(self._retx_at, self._timeout_at, self._end_at)
-
-    def handle_timer(self, now: float) -> list[Event]:
-        """Process every timer due at or before `now` (see the module notes on late calls)."""
-        events: list[Event] = []
-        sent = False
-        while self.state != TERMINATED:
-            end = self._end_at
-            if end is not None and end <= now:
-                self._terminate()  # Timer I / J / L
-                break
-            timeout = self._timeout_at
-            if timeout is not None and timeout <= now:
-                self._terminate()  # Timer H: the ACK never came
-                events.append(TimedOut())
-                break
-            retx = self._retx_at
-            if retx is None or retx > now:
-                break
-            self._retx_interval = min(2 * self._retx_interval, self.timers.t2)  # Timer G
-            self._retx_at = retx + self._retx_interval
-            if not sent and self.last_response is not None:
-                sent = True
-                events.append(Transmit(self.last_response))
-        return events
+    def _retransmission(self) -> Request | Response | None:
+        return self.last_response
 
     def transport_error(self, now: float, reason: str = "Transport error") -> list[Event]:
         """The response could not be sent: 17.2.1 / 17.2.2 say terminate; the TU needs no
