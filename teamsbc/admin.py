@@ -40,6 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .addresses import AddressError, HostPort, parse_hostport
 from .cdr import CdrObserver, CdrSettings, CdrStore, export_rows, parse_time
 from .capture import CallTracer, CaptureSettings, HepObserver
 from .events import Observers
@@ -61,13 +62,8 @@ class AdminConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
     enabled: bool = True
-    listen: Any = None           # config.HostPort (host, port)
+    listen: HostPort = HostPort(*DEFAULT_LISTEN)
     token: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.listen is None:
-            from .config import HostPort
-            object.__setattr__(self, "listen", HostPort(*DEFAULT_LISTEN))
 
 
 def is_loopback(host: str) -> bool:
@@ -95,7 +91,6 @@ def _exposure_text(listen: Any) -> str:
 def parse_settings(section: Any, base: Path) -> tuple[AdminSettings, list[tuple[str, str]]]:
     """The `admin` section -> settings and [(key, problem)] (for config.py's error list).
     Includes the exposure rule (non-loopback listener without a token)."""
-    from .config import HostPort
     errors: list[tuple[str, str]] = []
     if section is None:
         section = {}
@@ -112,12 +107,10 @@ def parse_settings(section: Any, base: Path) -> tuple[AdminSettings, list[tuple[
     listen = HostPort(*DEFAULT_LISTEN)
     v = section.get("listen")
     if v is not None:
-        from .capture import _parse_hostport
-        hp = _parse_hostport(v)
-        if hp is None:
-            errors.append(("admin.listen", f"{v!r} is not \"ip:port\" (e.g. 127.0.0.1:8080)"))
-        else:
-            listen = HostPort(*hp)
+        try:
+            listen = parse_hostport(v)
+        except AddressError as e:
+            errors.append(("admin.listen", f"{e} (e.g. 127.0.0.1:8080)"))
     token = section.get("token")
     if token is not None and (not isinstance(token, str) or len(token) < 16):
         errors.append(("admin.token", "must be a string of at least 16 characters (e.g. `openssl rand -hex 24`)"))

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from .addresses import AddressError, HostPort, parse_hostport
 from .certs.settings import AcmeSettings, default_acme, parse_acme
 
 TEAMS_PROXIES = {
@@ -36,15 +37,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]):
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +130,6 @@ class Config:
 
 
 _FQDN_RE = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\Z")
-_HOST_RE = re.compile(r"[A-Za-z0-9.-]+\Z")
 
 
 class _Reader:
@@ -190,25 +181,11 @@ class _Reader:
         return self.parse_hostport(v, where, default_port)
 
     def parse_hostport(self, v: Any, where: str, default_port: int | None = None):
-        if not isinstance(v, str):
-            self.err(where, f"must be \"host:port\", got {v!r}")
+        try:
+            return parse_hostport(v, default_port)
+        except AddressError as e:
+            self.err(where, str(e))
             return None
-        m = re.match(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?\Z", v) or re.match(r"([^:\[\]]+)(?::(\d+))?\Z", v)
-        if not m or not _HOST_RE.match(m.group(1).replace(":", "")) :
-            self.err(where, f"{v!r} is not \"host:port\" (IPv6 as [addr]:port)")
-            return None
-        host, port_s = m.group(1), m.group(2)
-        if port_s is None:
-            if default_port is None:
-                self.err(where, f"{v!r} has no port (write {v}:5060 or similar)")
-                return None
-            port = default_port
-        else:
-            port = int(port_s)
-        if not 0 < port < 65536:
-            self.err(where, f"port {port} out of range 1-65535")
-            return None
-        return HostPort(host, port)
 
     def ip_hostport(self, d: dict, path: str, key: str, default: Any = ...):
         hp = self.hostport(d, path, key, default)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 
-from .config import Config, HostPort, TenantSection
+from .addresses import HostPort
+from .config import Config, TenantSection
 from .digest import DigestAuth
 from .health import HealthBook
 from .proxy import PBX, TEAMS, Destination, Drop, Forward, Leg, Reply, Target

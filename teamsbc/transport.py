@@ -16,7 +16,8 @@ import ssl
 import time
 from typing import Any
 
-from .config import Config, HostPort
+from .addresses import HostPort, grow_receive_buffer
+from .config import Config
 from .events import Observer
 from .proxy import PBX, TEAMS, Destination, MediaCall, Proxy, Send, Source, bare_error_response
 from .sip.errors import ParseError
@@ -198,7 +199,7 @@ class Shell:
             tr, proto = await self.loop.create_datagram_endpoint(
                 lambda: UdpEndpoint(self, PBX), local_addr=(pl.host, pl.port))
             self._udp = proto
-            _grow_receive_buffer(tr.get_extra_info("socket"))
+            grow_receive_buffer(tr.get_extra_info("socket"), "PBX UDP")
         else:
             self._servers.append(await self.loop.create_server(
                 lambda: StreamConn(self, PBX, "tcp"), pl.host, pl.port, reuse_address=True))
@@ -468,23 +469,6 @@ class Shell:
             raise OSError(f"{host} does not resolve")
         addr = infos[0][4]
         return HostPort(addr[0], addr[1])
-
-
-UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
-
-
-def _grow_receive_buffer(sock: socket.socket, what: str = "PBX UDP") -> None:
-    """Bursts of datagrams wait in the kernel while the event loop is busy: give them room.
-    SO_RCVBUFFORCE (root / CAP_NET_ADMIN) passes net.core.rmem_max; else the sysctl caps it."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), UDP_RECEIVE_BUFFER)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
-    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    level = logging.INFO if got >= UDP_RECEIVE_BUFFER else logging.WARNING
-    log.log(level, "%s receive buffer %d KiB%s", what, got // 1024,
-            "" if got >= UDP_RECEIVE_BUFFER else
-            f" (wanted {UDP_RECEIVE_BUFFER // 1024}: raise net.core.rmem_max or grant CAP_NET_ADMIN)")
 
 
 def _describe(e: BaseException) -> str:

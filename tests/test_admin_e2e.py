@@ -41,7 +41,7 @@ import yaml
 
 from teamsbc.admin import AdminConfigError, make_admin_app, start_admin
 from teamsbc.cdr import COLUMNS
-from teamsbc.config import HostPort
+from teamsbc.addresses import HostPort
 from teamsbc.metrics import Metrics
 from teamsbc.tls import days_left
 from tests.support.pki import TEAMS_NAMES

@@ -6,8 +6,7 @@ every error is collected as "FILE: acme.key: what is wrong (what is right)".
                       sbc_fqdn="sbc.example.com")
     if errors: raise ConfigError(errors)
 
-This module imports nothing from teamsbc.config at import time, so config.py may import it at
-its top without a cycle.
+This module imports only the ground floor (teamsbc.addresses), so config.py may import it.
 """
 from __future__ import annotations
 
@@ -17,10 +16,9 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from teamsbc.config import HostPort
+from ..addresses import AddressError, HostPort, is_ip, parse_hostport
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -80,7 +78,7 @@ class AcmeSettings:
     challenge: str = "http-01"
     # None: no standalone responder; the running SBC (TokenStore) or a web server serving
     # <certs_dir>/acme-challenge/ answers HTTP-01.
-    http01_listen: "HostPort | None" = None
+    http01_listen: HostPort | None = None
     ca_bundle: Path | None = None   # trust for the ACME server's HTTPS; None: system store
     eab: EabSettings = field(default_factory=EabSettings)
     profile: str | None = None
@@ -92,7 +90,7 @@ class AcmeSettings:
     trusted_roots: Path | None = None
     # Where the running SBC serves HTTP-01 tokens from <certs_dir>/acme-challenge (with
     # http01_listen: null, `teamsbc cert` writes them there); None: the SBC serves none.
-    serve_http01: "HostPort | None" = None
+    serve_http01: HostPort | None = None
 
     @property
     def key_bits(self) -> int:
@@ -110,7 +108,6 @@ class AcmeSettings:
 
 def default_acme() -> AcmeSettings:
     """The settings an absent `acme:` section means (http01_listen 0.0.0.0:80)."""
-    from teamsbc.config import HostPort
     return AcmeSettings(http01_listen=HostPort("0.0.0.0", 80))
 
 
@@ -168,25 +165,18 @@ def _b64_ok(s: str) -> bool:
         return False
 
 
-def _listen(v: Any, err: _Errors) -> "HostPort | None":
-    from teamsbc.config import HostPort
-    m = isinstance(v, str) and (re.match(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?\Z", v)
-                                or re.match(r"([0-9.]+)(?::(\d+))?\Z", v))
-    if not m:
-        err("http01_listen", f"{v!r} is not \"ip:port\" (e.g. 0.0.0.0:80, [::]:80), or null to "
-                             "let the running SBC answer HTTP-01")
-        return None
-    host, port_s = m.group(1), m.group(2)
+def _listen(v: Any, err: _Errors) -> HostPort | None:
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        err("http01_listen", f"{host!r} is not an IP address (the responder binds by address)")
+        hp = parse_hostport(v, 80)
+    except AddressError as e:
+        err("http01_listen", f"{v!r} is not \"ip:port\": {e} (e.g. 0.0.0.0:80, [::]:80), or null "
+                             "to let the running SBC answer HTTP-01")
         return None
-    port = int(port_s) if port_s else 80
-    if not 0 < port < 65536:
-        err("http01_listen", f"port {port} out of range 1-65535")
+    if not is_ip(hp.host):
+        err("http01_listen", f"{v!r} is not \"ip:port\": {hp.host!r} is not an IP address (the "
+                             "responder binds by address)")
         return None
-    return HostPort(host, port)
+    return hp
 
 
 def parse_acme(section: dict | None, *, source: str, base: Path, errors: list[str],

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..addresses import AddressError, grow_receive_buffer, parse_hostport
 from .bencode import BencodeError, decode, encode, to_str_keys
 
 __all__ = [
@@ -142,14 +143,11 @@ def parse_address(text: str) -> NgAddress:
     """
     text = text.strip()
     if text.startswith("udp:") and not text.startswith("udp://"):
-        rest = text[4:]
-        if rest.startswith("["):
-            host, sep, port = rest[1:].partition("]:")
-        else:
-            host, sep, port = rest.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"{text!r}: expected udp:HOST:PORT")
-        return NgAddress("udp", host, _port(text, port))
+        try:
+            hp = parse_hostport(text[4:])
+        except AddressError as e:
+            raise ValueError(f"{text!r}: expected udp:HOST:PORT ({e})") from None
+        return NgAddress("udp", hp.host, hp.port)
     parts = urlsplit(text)
     if parts.scheme not in ("http", "ws"):
         raise ValueError(f"{text!r}: expected udp:HOST:PORT, http://HOST:PORT or ws://HOST:PORT")
@@ -162,13 +160,6 @@ def parse_address(text: str) -> NgAddress:
     if not parts.hostname or port is None:
         raise ValueError(f"{text!r}: expected {parts.scheme}://HOST:PORT (port required)")
     return NgAddress(parts.scheme, parts.hostname, port, parts.path if parts.path != "/" else "")
-
-
-def _port(text: str, port: str) -> int:
-    value = int(port)
-    if not 0 < value < 65536:
-        raise ValueError(f"{text!r}: port out of range")
-    return value
 
 
 # --------------------------------------------------------------------------- RTT statistics
@@ -366,8 +357,7 @@ class _UdpTransport(_Transport):
                     raise NgConnectionError(f"cannot open UDP socket: {exc}", address=self.name) from None
                 # replies (~2 KB each) pile up while the event loop is busy: room for bursts,
                 # or lost replies make a healthy rtpengine look down (seen at 400 calls/s)
-                from ..transport import _grow_receive_buffer
-                _grow_receive_buffer(self.transport.get_extra_info("socket"), "rtpengine NG")
+                grow_receive_buffer(self.transport.get_extra_info("socket"), "rtpengine NG")
             return self.transport
 
     async def exchange(self, cookie: bytes, payload: bytes, timeout: float, command: str) -> bytes:
