@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 
 from teamsbc.sip.message import Request, Response, parse_message
+from teamsbc.sip.build import build_ack
 from teamsbc.sip.transaction import (
     DEFAULT_TIMERS, T1, T2, T4, ClientTransaction, Deliver, ServerTransaction, TimedOut,
-    Timers, Transmit, TransportFailed, build_ack, client_key, server_key,
+    Timers, Transmit, TransportFailed, client_key, server_key,
 )
 
 

@@ -33,14 +33,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .build import build_ack
 from .grammar import MAGIC_COOKIE  # RFC 3261 8.1.1.7: branch of an RFC 3261 compliant sender
-from .message import Headers, Request, Response
+from .message import Request, Response
 from .uri import Via
 
 __all__ = [
     "T1", "T2", "T4", "TIMER_D", "Timers", "DEFAULT_TIMERS",
     "Transmit", "Deliver", "TimedOut", "TransportFailed", "Event",
-    "ClientTransaction", "ServerTransaction", "server_key", "client_key", "build_ack",
+    "ClientTransaction", "ServerTransaction", "server_key", "client_key",
     "MAGIC_COOKIE",
 ]
 
@@ -157,26 +158,6 @@ def client_key(resp: Response) -> tuple[str, str]:
     """RFC 3261 17.1.3: (top Via branch, CSeq method) of a response, to look up the
     ClientTransaction with that `key`. A CANCEL shares the INVITE's branch but not its method."""
     return (resp.top_via.params.get("branch") or "", resp.cseq.method)
-
-
-def build_ack(request: Request, response: Response) -> Request:
-    """RFC 3261 17.1.1.3: the ACK the INVITE client transaction sends for a 300-699 response.
-
-    Same Request-URI, Call-ID, From and CSeq number as the INVITE, CSeq method ACK, the To of
-    the response (it carries the tag), only the top Via of the INVITE (the one of this hop, so
-    the branch matches the server transaction), the INVITE's Route set, Max-Forwards 70, and
-    no body. The ACK for a 2xx is end-to-end and none of the transaction's business.
-    """
-    h = Headers()
-    h.add("via", request.headers.get("via") or "")
-    h.add("max-forwards", "70")
-    for route in request.headers.get_all("route"):
-        h.add("route", route)
-    h.add("from", request.headers.get("from") or "")
-    h.add("to", response.headers.get("to") or "")
-    h.add("call-id", request.headers.get("call-id") or "")
-    h.add("cseq", f"{request.cseq.number} ACK")
-    return Request("ACK", request.uri, h)
 
 
 # --- client transactions (17.1) -----------------------------------------------------------
