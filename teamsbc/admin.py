@@ -41,7 +41,8 @@ from aiohttp import web
 
 from . import __version__
 from .addresses import AddressError, HostPort, parse_hostport
-from .cdr import CdrObserver, CdrSettings, CdrStore, export_rows, parse_time
+from .cdr import CdrObserver, CdrSettings, CdrStore, CdrWriter
+from .cdr.cli import export_rows, parse_time
 from .capture import CallTracer, CaptureSettings, HepObserver
 from .events import Observers
 from .metrics import CONTENT_TYPE, Metrics, iso
@@ -140,7 +141,7 @@ def parse_settings(section: Any, base: Path) -> tuple[AdminSettings, list[tuple[
 
 # ---------------------------------------------------------------------- the app
 
-def make_admin_app(*, proxy: Any, shell: Any, health: Any, metrics: Metrics, cdr: CdrStore | None,
+def make_admin_app(*, proxy: Any, shell: Any, health: Any, metrics: Metrics, cdr: CdrWriter | None,
                    config: Any, token: str | None, media: Any = None,
                    tracer: CallTracer | None = None) -> web.Application:
     app = web.Application(middlewares=[_auth_middleware(token)])
@@ -197,7 +198,7 @@ def _auth_middleware(token: str | None):
 class _Api:
     def __init__(self, proxy, shell, health, metrics, cdr, config, media, tracer):
         self.proxy, self.shell, self.book, self.m = proxy, shell, health, metrics
-        self.store, self.config, self.media, self.tracer = cdr, config, media, tracer
+        self.cdr_writer, self.config, self.media, self.tracer = cdr, config, media, tracer
 
     @staticmethod
     def _now() -> float:
@@ -284,7 +285,7 @@ class _Api:
 
     # --- GET /cdr
     async def cdr(self, request: web.Request) -> web.Response:
-        if self.store is None:
+        if self.cdr_writer is None:
             return web.json_response({"error": "CDRs are disabled (cdr.enabled: false)"}, status=404)
         try:
             since = parse_time(request.query["since"]) if "since" in request.query else None
@@ -294,7 +295,10 @@ class _Api:
             return web.json_response({"error": str(e)}, status=400)
         if not 1 <= limit <= 100_000:
             return web.json_response({"error": "limit must be 1-100000"}, status=400)
-        rows = self.store.query(since, until, limit, newest=True)
+        loop = asyncio.get_running_loop()
+        writer = self.cdr_writer
+        await loop.run_in_executor(None, writer.flush, 2.0)  # what happened until now is in
+        rows = await loop.run_in_executor(None, lambda: writer.store.query(since, until, limit, newest=True))
         return web.json_response({"count": len(rows), "calls": export_rows(rows)})
 
     # --- GET /peers
@@ -376,9 +380,8 @@ class Observability:
     """Metrics, CDRs, HEP, traces and the admin API of one SBC process.
 
         obs = Observability(admin=config.admin, cdr=config.cdr, capture=config.capture)
-        router, proxy = build(config, loop.time(), keepalive=True)
-        obs.install(proxy)                         # next to the observers the core already has
-        shell = Shell(...)                         # shares proxy.observer
+        router, proxy, guard = build(config, loop.time(), keepalive=True)
+        shell = Shell(..., observers=obs.observers)  # the shell fans events out to them
         await shell.start()
         await obs.start(proxy=proxy, shell=shell, health=router.health, config=config, media=pool)
         ...
@@ -395,40 +398,28 @@ class Observability:
             if problem:
                 raise AdminConfigError(problem)
         self.metrics = Metrics()
-        self.observer = Observers(self.metrics)
-        self.store: CdrStore | None = None
+        self.observers = Observers(self.metrics)  # the shell's fan-out of call events and SIP
+        self.cdr_writer: CdrWriter | None = None
         if self.cdr_settings.enabled:
-            self.store = CdrStore(self.cdr_settings.path, synchronous=self.cdr_settings.synchronous)
-            self.observer.add(CdrObserver(self.store))
+            store = CdrStore(self.cdr_settings.path, synchronous=self.cdr_settings.synchronous)
+            self.cdr_writer = CdrWriter(store)
+            self.observers.add(CdrObserver(self.cdr_writer))
         self.hep: HepObserver | None = None
         if self.capture.hep:
             self.hep = HepObserver(self.capture.hep, self.capture.agent_id, self.capture.password)
-            self.observer.add(self.hep)
+            self.observers.add(self.hep)
         self.tracer = CallTracer(self.capture.trace_dir, self.capture.trace_format)
-        self.observer.add(self.tracer)
+        self.observers.add(self.tracer)
         self.runner: web.AppRunner | None = None
-
-    def install(self, proxy: Any) -> None:
-        """Add our observers to the proxy's (the guard's call table is already there); the
-        shell reports SIP on the wire to the same object."""
-        current = proxy.observer
-        if isinstance(current, Observers):
-            for obs in self.observer.observers:
-                current.add(obs)
-        else:
-            proxy.observer = Observers(current, *self.observer.observers)
 
     async def start(self, *, proxy: Any, shell: Any, health: Any, config: Any, media: Any = None,
                     drops: Any = None) -> None:
-        """Scrape-time sources and the admin API. `drops` defaults to the guard's counters."""
-        guard = getattr(proxy, "guard", None)
-        if drops is None and guard is not None:
-            drops = lambda: guard.drops  # noqa: E731
+        """Scrape-time sources and the admin API. `drops`: the guard's counters."""
         self.metrics.attach(proxy=proxy, shell=shell, health=health, media=media,
                             certificate=config.teams.certificate, drops=drops)
         if self.admin.enabled:
             app = make_admin_app(proxy=proxy, shell=shell, health=health, metrics=self.metrics,
-                                 cdr=self.store, config=config, token=self.admin.token,
+                                 cdr=self.cdr_writer, config=config, token=self.admin.token,
                                  media=media, tracer=self.tracer)
             self.runner = await start_admin(app, self.admin.listen, token=self.admin.token)
 
@@ -439,5 +430,5 @@ class Observability:
         self.tracer.close()
         if self.hep is not None:
             self.hep.close()
-        if self.store is not None:
-            self.store.close()
+        if self.cdr_writer is not None:
+            self.cdr_writer.close()  # commits what is queued, then closes the store

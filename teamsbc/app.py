@@ -4,11 +4,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+from typing import Callable, NamedTuple
 
 from .admin import Observability
 from .config import Config
-from .events import Observers
 from .guard import Guard
 from .health import HealthBook, Pinger
 from .media.anchor import MediaAnchor
@@ -22,15 +23,21 @@ from .transport import Shell
 log = logging.getLogger("teamsbc")
 
 
-def build(config: Config, now: float | None = None, *, keepalive: bool = False) -> tuple[Router, Proxy]:
+class Core(NamedTuple):
+    router: Router
+    proxy: Proxy
+    guard: Guard
+
+
+def build(config: Config, now: float | None = None, *, keepalive: bool = False,
+          entropy: Callable[[int], bytes] = os.urandom) -> Core:
     """The sans-IO core. With `keepalive`, OPTIONS pings start at `now` (the first ones at once)."""
     health = HealthBook()
-    router = Router(config, health)
+    router = Router(config, health, entropy=entropy)
     media = MediaAnchor(config.media) if config.media.rtpengine else None
-    guard = Guard(config, router)  # issue 6: who may talk to us and how much
-    proxy = Proxy(router, router.legs, invite_timeout=config.teams.invite_timeout, media=media,
-                  observer=Observers(guard.calls))  # the guard counts calls in progress
-    proxy.guard = guard  # type: ignore[attr-defined]
+    guard = Guard(config, router.tenant_of_call)  # who may talk to us and how much
+    proxy = Proxy(router, guard, entropy=entropy, media=media,
+                  invite_timeout=config.teams.invite_timeout)
     if now is not None:
         guard.start(now)
         proxy.add_timed(guard)  # counters report and stale-entry cleanup
@@ -48,14 +55,13 @@ def build(config: Config, now: float | None = None, *, keepalive: bool = False) 
             timeouts[peer] = timeout
             pinger.add(peer, interval, now)
         proxy.add_timed(pinger)
-    return router, proxy
+    return Core(router, proxy, guard)
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     obs = Observability(admin=config.admin, cdr=config.cdr, capture=config.capture)
-    router, proxy = build(config, loop.time(), keepalive=True)
-    obs.install(proxy)  # metrics, CDRs, capture next to the observers the core already has
+    router, proxy, guard = build(config, loop.time(), keepalive=True)
     t = config.teams
     pool = None
     if config.media.rtpengine:
@@ -65,11 +71,13 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
         await pool.start()
         log.info("media: rtpengine %s", ", ".join(
             f"{i['address']} {'up' if i['healthy'] else 'DOWN'}" for i in pool.status()))
-    shell = Shell(config, proxy, server_context(t.certificate, t.private_key, t.trusted_ca),
-                  client_context(t.certificate, t.private_key, t.trusted_ca), media=pool)
+    shell = Shell(config, proxy, guard, server_context(t.certificate, t.private_key, t.trusted_ca),
+                  client_context(t.certificate, t.private_key, t.trusted_ca),
+                  observers=obs.observers, media=pool)
     await shell.start()
     try:
-        await obs.start(proxy=proxy, shell=shell, health=router.health, config=config, media=pool)
+        await obs.start(proxy=proxy, shell=shell, health=router.health, config=config, media=pool,
+                        drops=guard.drops)
     except BaseException:
         await shell.stop(grace=0)
         await obs.stop()

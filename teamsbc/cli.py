@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     doctor.register(sub)
     teams_setup.register(sub)
     demo.register(sub)
-    from .cdr import register as register_cdr
+    from .cdr.cli import register as register_cdr
     register_cdr(sub)
     args = p.parse_args(argv)
     return args.func(args)

@@ -40,11 +40,11 @@ from collections import OrderedDict, deque
 from typing import Any, Callable
 
 from .config import Config
-from .events import Observer
-from .proxy import PBX, TEAMS, Drop, Reply, Send, Source
+from .decisions import PBX, TEAMS, Drop, Reply, Send, Source
+from .events import CallEnded, CallEvent, CallFailed, CallStarted
 from .sip import grammar as g
 from .sip.errors import ParseError
-from .sip.message import Request
+from .sip.message import Message, Request, Response
 from .sip.uri import parse_via
 
 log = logging.getLogger("teamsbc.guard")
@@ -92,34 +92,32 @@ class TokenBuckets:
         return len(self._b)
 
 
-class CallTable(Observer):
+class CallTable:
     """Calls in progress, per tenant, for security.max_calls / max_calls_per_tenant. Fed by the
-    proxy's observer events: a call counts from call_started until call_failed or call_ended;
-    one without any in-dialog request for call_idle_timeout seconds stops counting (a BYE lost
-    across a restart must not hold capacity forever)."""
+    proxy's call events (Gate.track): a call counts from CallStarted until CallFailed or
+    CallEnded; one without any in-dialog request for call_idle_timeout seconds stops counting
+    (a BYE lost across a restart must not hold capacity forever)."""
 
     def __init__(self, guard: "Guard"):
         self.guard = guard
         self.active: OrderedDict[str, list] = OrderedDict()   # call-id -> [tenant, last seen]
         self.per_tenant: dict[str, int] = {}
 
-    # --- observer events
-    def call_started(self, call_id: str, direction: str, tenant: str | None, caller: str,
-                     callee: str, wall: float) -> None:
+    def track(self, ev: CallEvent, now: float) -> None:
+        if isinstance(ev, CallStarted):
+            self._start(ev.call_id, ev.tenant, now)
+        elif isinstance(ev, (CallFailed, CallEnded)):
+            self._end(ev.call_id)
+
+    def _start(self, call_id: str, tenant: str | None, now: float) -> None:
         if call_id in self.active:
             return
         cap = max(2 * self.guard.settings.max_calls, 100_000)
         while len(self.active) >= cap:
             self._end(next(iter(self.active)))
         t = (tenant or self.guard.base).lower()
-        self.active[call_id] = [t, self.guard.now]
+        self.active[call_id] = [t, now]
         self.per_tenant[t] = self.per_tenant.get(t, 0) + 1
-
-    def call_failed(self, call_id: str, status: int, reason: str, wall: float) -> None:
-        self._end(call_id)
-
-    def call_ended(self, call_id: str, by: str, wall: float) -> None:
-        self._end(call_id)
 
     # --- guard side
     def touch(self, call_id: str, now: float) -> None:
@@ -150,13 +148,16 @@ class CallTable(Observer):
 
 
 class Guard:
+    """The Gate and the Door of decisions.py."""
+
     terminated = False  # on the proxy's timer heap (add_timed) for reports and housekeeping
 
-    def __init__(self, config: Config, router: Any = None):
+    def __init__(self, config: Config,
+                 tenant_of_call: Callable[[Request, Source], str | None] | None = None):
         s = self.settings = config.security
         self.base = config.sbc.fqdn
         self.tenants = set(config.teams.tenants)
-        self._tenant_of_call: Callable | None = getattr(router, "tenant_of_call", None)
+        self._tenant_of_call = tenant_of_call  # carrier mode: routing.Router.tenant_of_call
         nets = [ipaddress.ip_network(r) for r in s.teams_ranges]
         for hp in config.teams.resolve.values():
             try:  # where the operator says Teams is (a lab) is Teams too
@@ -294,15 +295,15 @@ class Guard:
         return True
 
     # ------------------------------------------------------------------ parsed messages
-    def check_limits(self, msg: Any, size: int) -> None:
+    def check_limits(self, msg: Message, size: int) -> None:
         """security.max_message_size / max_headers / max_line_length when set below the parser's
         own limits: the same ParseError (and so the same 513/400 answer) the parser would give.
         Also "Contact: *", legal only in REGISTER (RFC 3261 10.2.2, 20.10): the parser lets it
         through, the Teams rewriting cannot parse it, and a 2xx carrying it would strand its
         transactions in the proxy (reported: proxy.py _client_events is not exception-safe)."""
-        if getattr(msg, "method", None) != "REGISTER" and "*" in msg.headers.get_all("contact"):
+        if not (isinstance(msg, Request) and msg.method == "REGISTER") and "*" in msg.headers.get_all("contact"):
             raise ParseError("Contact * outside REGISTER")
-        if getattr(msg, "status", None) is not None:
+        if isinstance(msg, Response):
             vias = msg.headers.get_all("via")
             if len(vias) > 1:
                 parse_via(vias[1])  # the parser checks the top Via only; this one goes on top upstream
@@ -362,6 +363,9 @@ class Guard:
                     self._fail(ip, STRANGER, now)
 
     # ------------------------------------------------------------------ calls
+    def track(self, event: CallEvent, now: float) -> None:
+        self.calls.track(event, now)
+
     def tenant_of(self, req: Request, src: Source) -> str:
         if src.leg == TEAMS:
             host = req.ruri.host.lower().rstrip(".")

@@ -1,12 +1,13 @@
 """Counters and gauges for Prometheus (`GET /metrics` on the admin API).
 
-`Metrics` is an `events.Observer`: the core calls it per SIP message, so what happens there
-is a dictionary increment and nothing else. Everything that already lives somewhere else
-(proxy and shell counters, peer health, rtpengine, the certificate) is read when Prometheus
-scrapes, from the objects handed to `attach()`:
+`Metrics` is an `events.Observer`: the shell hands it the call events and each SIP message on
+the wire, so what happens there is a dictionary increment and nothing else. Everything that
+already lives somewhere else (the proxy's per-method counters, shell counters, peer health,
+rtpengine, the certificate) is read when Prometheus scrapes, from the objects handed to
+`attach()`:
 
     metrics = Metrics()
-    proxy = Proxy(..., observer=Observers(metrics, ...))
+    observers.add(metrics)                     # the shell's fan-out (events.Observers)
     metrics.attach(proxy=proxy, shell=shell, health=router.health,
                    certificate=config.teams.certificate,
                    media=pool,                 # optional: anything with status() -> list[dict]
@@ -14,7 +15,8 @@ scrapes, from the objects handed to `attach()`:
     text = metrics.render()                    # Prometheus text format 0.0.4
 
 Interfaces read at scrape time (duck-typed, all optional):
-- proxy: `stats` dict (parse_errors, rejected, failovers), `pending_requests`, `active_transactions`
+- proxy: `counters` (requests, responses, timeouts by leg and method), `stats` dict
+  (parse_errors, rejected, failovers), `pending_requests`, `active_transactions`
 - shell: `stats` dict (tls_handshakes, tls_failures, cert_reloads), `conns` (objects with
   `leg`, `proto`, `closed`)
 - health: `HealthBook` (`peers[name].state`, `.rtts`, `teams_options_last`)
@@ -34,12 +36,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from . import __version__
-from .events import Observer
+from .events import MediaStats, Observer
+from .proxy import Counters
 
-# Methods get their own label value; anything else (attacker-controlled tokens) is "other",
-# so label cardinality stays bounded.
-KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
-                           "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})
 DIRECTIONS = ("teams->pbx", "pbx->teams")
 LEGS = ("teams", "pbx")
 PEER_STATES = ("up", "down", "cooling")
@@ -73,19 +72,12 @@ def iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _method(m: str) -> str:
-    return m if m in KNOWN_METHODS else "other"
-
-
 class Metrics(Observer):
     def __init__(self, *, max_calls: int = MAX_CALLS, call_ttl: float = CALL_TTL,
                  clock: Callable[[], float] = time.monotonic):
         # hot-path counters: nested dicts, no tuple keys on the per-message path
-        self.requests: dict[str, dict[str, int]] = {leg: {} for leg in LEGS}          # leg -> method
-        self.responses: dict[str, dict[tuple[int, str], int]] = {leg: {} for leg in LEGS}
         self.messages: dict[str, dict[str, list[int]]] = {d: {leg: [0, 0] for leg in LEGS}
                                                           for d in ("in", "out")}  # [count, bytes]
-        self.timeouts: dict[str, int] = {}
         self.calls_total: dict[str, int] = dict.fromkeys(DIRECTIONS, 0)
         self.calls_answered: dict[str, int] = dict.fromkeys(DIRECTIONS, 0)
         self.calls_failed: dict[tuple[str, int], int] = {}
@@ -125,20 +117,6 @@ class Metrics(Observer):
         c[0] += 1
         c[1] += len(data)
 
-    def request(self, method: str, leg: str) -> None:
-        d = self.requests[leg]
-        m = method if method in KNOWN_METHODS else "other"
-        d[m] = d.get(m, 0) + 1
-
-    def response(self, status: int, method: str, leg: str) -> None:
-        d = self.responses[leg]
-        k = (status, method if method in KNOWN_METHODS else "other")
-        d[k] = d.get(k, 0) + 1
-
-    def timeout(self, method: str) -> None:
-        m = _method(method)
-        self.timeouts[m] = self.timeouts.get(m, 0) + 1
-
     def call_started(self, call_id: str, direction: str, tenant: str | None, caller: str,
                      callee: str, wall: float) -> None:
         calls = self.calls
@@ -165,14 +143,10 @@ class Metrics(Observer):
         k = (call.direction if call else "unknown", by)
         self.calls_ended[k] = self.calls_ended.get(k, 0) + 1
 
-    def media_deleted(self, call_id: str, reply: dict) -> None:
+    def media_stats(self, stats: MediaStats, wall: float) -> None:
         self.media_deletes += 1
-        rtp = (reply.get("totals") or {}).get("RTP") if isinstance(reply, dict) else None
-        if isinstance(rtp, dict):
-            for k in ("packets", "bytes", "errors"):
-                v = rtp.get(k)
-                if isinstance(v, int):
-                    self.media_totals[k] += v
+        for k, v in stats.rtp.items():
+            self.media_totals[k] += v
 
     # ------------------------------------------------------------------ calls in progress
     def active_calls(self, now: float | None = None) -> list[dict]:
@@ -223,12 +197,13 @@ class Metrics(Observer):
                  "Answered calls ended by a BYE, by the leg the BYE came from.",
                  [({"direction": d, "by": by}, n) for (d, by), n in sorted(self.calls_ended.items())])
 
+        counters = self.proxy.counters if self.proxy is not None else Counters()
         w.family("teamsbc_sip_requests_total", "counter", "SIP requests received, by leg and method.",
-                 [({"leg": leg, "method": m}, n) for leg, d in self.requests.items()
+                 [({"leg": leg, "method": m}, n) for leg, d in counters.requests.items()
                   for m, n in sorted(d.items())])
         w.family("teamsbc_sip_responses_total", "counter",
                  "SIP responses received, by leg, status code and CSeq method.",
-                 [({"leg": leg, "code": str(code), "method": m}, n) for leg, d in self.responses.items()
+                 [({"leg": leg, "code": str(code), "method": m}, n) for leg, d in counters.responses.items()
                   for (code, m), n in sorted(d.items())])
         w.family("teamsbc_sip_messages_total", "counter", "SIP messages on the wire (decrypted on TLS).",
                  [({"leg": leg, "direction": dr}, c[0]) for dr, legs in self.messages.items()
@@ -238,7 +213,7 @@ class Metrics(Observer):
                   for leg, c in legs.items()])
         w.family("teamsbc_transaction_timeouts_total", "counter",
                  "Client transactions that timed out (Timer B/F), by method.",
-                 [({"method": m}, n) for m, n in sorted(self.timeouts.items())])
+                 [({"method": m}, n) for m, n in sorted(counters.timeouts.items())])
 
         self._render_proxy(w)
         self._render_shell(w)

@@ -1,112 +1,40 @@
 """Stateful proxy mechanics (RFC 3261 section 16), sans-IO.
 
-Bytes and a `Source` go in, `Send` instructions come out; time is passed in as `now`. What
-to do with a request (where it goes, which headers change) is decided by `routing.Router`;
-this module only carries the decision out: transactions, Via, Record-Route, Max-Forwards,
-loop detection, CANCEL, failover between targets, responses back upstream.
+Bytes and a `Source` go in; `Send` and `MediaCall` instructions come out, and call events
+(events.py) queue up for the shell to drain with `next_events()` (aioquic's `next_event`); time
+and randomness are passed in. What to do with a request (where it goes, which headers
+change, whether a failure tries the next target) is the `RoutingPolicy`'s decision; who may
+talk is the `Gate`'s; when rtpengine is asked is the `MediaPlanner`'s (decisions.py). This
+module carries decisions out: transactions, Via, Record-Route, Max-Forwards, loop
+detection, CANCEL, the relay state machine (relay.py), responses back upstream.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import heapq
 import itertools
 import logging
-import os
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from .events import Observer
-from .sip.errors import ParseError
-from .sip.grammar import MAGIC_COOKIE
-from .sip.message import Headers, Request, Response, make_response, parse_message
+from .decisions import (PBX, TEAMS, Destination, Drop, Forward, Gate, Leg, MediaCall, MediaPlanner,
+                        MediaStep, Reply, RoutingPolicy, Send, Source, Target)
+from .events import CallAnswered, CallEnded, CallEvent, CallFailed, CallStarted
+from .relay import Event as E
+from .relay import Relay
+from .relay import State as S
+from .sip.build import branch as make_branch
+from .sip.build import bare_error_response, build_cancel, new_request
+from .sip.errors import LocalProtocolError, ParseError, ProtocolError
+from .sip.grammar import method_label
+from .sip.message import Message, Request, Response, make_response, parse_message
 from .sip.transaction import (T1, ClientTransaction, Deliver, ServerTransaction, TimedOut, Transmit,
                               TransportFailed, client_key, server_key)
 from .sip.uri import parse_name_addr, parse_via
 
 log = logging.getLogger("teamsbc.proxy")
 
-TEAMS = "teams"
-PBX = "pbx"
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where a message came from. `conn` is the shell's connection object on streams."""
-    leg: str                      # TEAMS | PBX
-    transport: str                # udp | tcp | tls
-    addr: tuple[str, int]
-    conn: Any = None
-    peer_name: str | None = None  # verified TLS peer name (Teams side)
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    """Where to send. `host` is a name to resolve (Teams side, also the TLS name) or an IP."""
-    leg: str
-    transport: str
-    host: str
-    port: int
-
-
-@dataclass(slots=True)
-class Send:
-    data: bytes
-    to: Source | Destination
-    token: Any = None  # handed back to Proxy.transport_failed() if the send fails
-
-
-@dataclass(slots=True)
-class MediaCall:
-    """Run one rtpengine NG command. With an `op`, hand the reply (or the exception) back
-    through Proxy.media_done(op, result, now); without, fire and forget (deletes)."""
-    op: int | None
-    command: dict
-
-
-# --- decisions the router returns --------------------------------------------------------
-@dataclass(slots=True)
-class Reply:
-    """Answer locally."""
-    status: int
-    reason: str
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    log: str | None = None  # why, for the log line
-
-
-@dataclass(slots=True)
-class Target:
-    dest: Destination
-    ruri: str
-
-
-@dataclass(slots=True)
-class Forward:
-    """Relay to the targets in order (serial failover). `request` is the rewritten request."""
-    request: Request
-    targets: list[Target]
-    record_route: list[str] | None = None  # entries to insert on top, top first (RFC 5658 pair)
-    failover: bool = False   # try the next target on timeout, transport failure or 503
-    identity: str | None = None  # the FQDN presented to Teams for this request (tenant or base)
-
-
-@dataclass(slots=True)
-class Drop:
-    log: str
-
-
-@dataclass(slots=True)
-class Leg:
-    """How the SBC appears on one side: Via sent-by, Record-Route entry, header rewriting."""
-    name: str
-    transport: str
-    via_host: str
-    via_port: int
-    record_route: str
-
-
-FAILOVER_CODES = frozenset({408, 503})
-TIMER_C = 180  # RFC 3261 16.6 step 11: > 3 minutes in the RFC; Teams rings for at most 180 s
+Entropy = Callable[[int], bytes]   # os.urandom, or a seeded source in tests
 
 
 class _Server:
@@ -150,92 +78,82 @@ class _Expire:
         return []
 
 
-class _Relay:
-    """One request being proxied: its server transaction and the current client branch."""
+class MediaOp(enum.Enum):
+    """What an rtpengine reply continues (Proxy.media_done)."""
+    OFFER = "offer"        # a request waits for its SDP: (relay,)
+    ANSWER = "answer"      # a response waits for its SDP: (relay, ctx, response)
+    ACK = "ack"            # an ACK for a 2xx waits for its SDP: (ack, decision)
 
-    __slots__ = ("server", "src", "request", "decision", "client", "dest", "index",
-                 "provisional_sent", "cancelled", "deadline", "final_sent", "abandoned",
-                 "call_id", "loop", "media_busy", "queue", "deadline_kind")
 
-    def __init__(self, server: _Server, request: Request, decision: Forward, loop: str):
-        self.loop = loop
-        self.server = server
-        self.src = server.src
-        self.request = request
-        self.decision = decision
-        self.client: ClientTransaction | None = None
-        self.dest: Destination | None = None
-        self.index = -1
-        self.provisional_sent = False
-        self.cancelled = False
-        self.deadline: float | None = None
-        self.deadline_kind = ""          # failover | timer_c | cancel
-        self.final_sent = False
-        self.abandoned: list[ClientTransaction] = []
-        self.call_id = request.call_id
-        self.media_busy = False          # an rtpengine answer is running: later responses wait
-        self.queue: list[tuple[ClientTransaction, Response]] = []
+class Counters:
+    """Per-message counts, read by metrics when scraped (no call per message)."""
 
-    # the relay is on the timer heap for its failover deadline
-    @property
-    def terminated(self) -> bool:
-        return self.final_sent or self.deadline is None
+    __slots__ = ("requests", "responses", "timeouts")
 
-    def next_timer(self) -> float | None:
-        return self.deadline
+    def __init__(self) -> None:
+        self.requests: dict[str, dict[str, int]] = {TEAMS: {}, PBX: {}}                # leg -> method
+        self.responses: dict[str, dict[tuple[int, str], int]] = {TEAMS: {}, PBX: {}}   # leg -> (code, method)
+        self.timeouts: dict[str, int] = {}                                             # method
 
 
 class Proxy:
-    def __init__(self, router: Any, legs: dict[str, Leg], *, invite_timeout: float = 4.0,
-                 media: Any = None, observer: Observer | None = None):
-        self.router = router
-        self.observer = observer or Observer()
-        self.media = media  # media.anchor.MediaAnchor, or None for signalling only
-        self._media_ops: dict[int, Any] = {}
-        self._op_seq = itertools.count(1)
-        self.legs = legs
+    def __init__(self, policy: RoutingPolicy, gate: Gate, *, entropy: Entropy,
+                 media: MediaPlanner | None = None, invite_timeout: float = 4.0):
+        self.policy = policy
+        self.gate = gate
+        self.media = media  # None: signalling only
+        self.legs: dict[str, Leg] = policy.legs
         self.invite_timeout = invite_timeout
+        self.entropy = entropy
+        self._media_ops: dict[int, tuple[MediaOp, tuple]] = {}
+        self._op_seq = itertools.count(1)
         self._server: dict[tuple, _Server] = {}
-        self._relays: dict[tuple, _Relay] = {}          # server key -> relay
-        # client key -> (owner: _Relay | result callback | None, transaction, destination)
+        self._relays: dict[tuple, Relay] = {}          # server key -> relay
+        # client key -> (owner: Relay | result callback | None, transaction, destination)
         self._client: dict[tuple, tuple[Any, ClientTransaction, Destination]] = {}
         self._timers: list[tuple[float, int, Any]] = []
         self._seq = itertools.count()
-        self._secret = os.urandom(8).hex()
+        self._secret = entropy(8).hex()
+        self.counters = Counters()
+        self._events: list[CallEvent] = []
         self.stats: dict[str, int] = {"requests": 0, "responses": 0, "parse_errors": 0,
                                       "rejected": 0, "timeouts": 0, "failovers": 0}
 
     # ---------------------------------------------------------------- entry points
-    def receive(self, data: bytes, src: Source, now: float) -> list[Send]:
-        out: list[Send] = []
-        guard = getattr(self, "guard", None)  # guard.Guard, set by app.build()
-        if guard is not None and not guard.admit(src, now):
+    def receive(self, data: bytes, src: Source, now: float) -> list[Send | MediaCall]:
+        out: list[Send | MediaCall] = []
+        gate = self.gate
+        if not gate.admit(src, now):
             return out  # unknown or banned source, or over its budget: no answer at all
         try:
             msg = parse_message(data, stream=src.transport != "udp")
-            if guard is not None:
-                guard.check_limits(msg, len(data))
+            gate.check_limits(msg, len(data))
         except ParseError as e:
             self.stats["parse_errors"] += 1
-            if guard is not None:
-                guard.parse_failed(src, now)
+            gate.parse_failed(src, now)
             self._answer_unparsable(data, src, e, out)
             return out
         try:
             if isinstance(msg, Request):
                 self.stats["requests"] += 1
-                self.observer.request(msg.method, src.leg)
+                d = self.counters.requests[src.leg]
+                m = method_label(msg.method)
+                d[m] = d.get(m, 0) + 1
                 self._on_request(msg, src, now, out)
-                if guard is not None:
-                    guard.answered(msg, src, out, now)
+                gate.answered(msg, src, out, now)
             else:
                 self.stats["responses"] += 1
-                self.observer.response(msg.status, msg.cseq.method, src.leg)
+                d2 = self.counters.responses[src.leg]
+                k = (msg.status, method_label(msg.cseq.method))
+                d2[k] = d2.get(k, 0) + 1
                 self._on_response(msg, src, now, out)
-        except ParseError as e:
-            # a header we needed later turned out malformed (e.g. a Route URI)
-            self.stats["parse_errors"] += 1
-            log.warning("bad message from %s: %s call_id=%s", src.addr, e.reason, msg.call_id)
+        except ProtocolError as e:
+            # a header we needed later turned out malformed (e.g. a Route URI), or our own bug
+            if isinstance(e, LocalProtocolError):
+                log.exception("internal error on a message from %s call_id=%s", src.addr, msg.call_id)
+            else:
+                self.stats["parse_errors"] += 1
+                log.warning("bad message from %s: %s call_id=%s", src.addr, e.reason, msg.call_id)
             if isinstance(msg, Request) and msg.method != "ACK":
                 resp = make_response(msg, e.status, e.reason, self._tag(msg))
                 sv = self._server.get(server_key(msg))
@@ -246,8 +164,8 @@ class Proxy:
                     out.append(Send(resp.to_bytes(), src))
         return out
 
-    def transport_failed(self, token: Any, now: float, reason: str = "transport error") -> list[Send]:
-        out: list[Send] = []
+    def transport_failed(self, token: Any, now: float, reason: str = "transport error") -> list[Send | MediaCall]:
+        out: list[Send | MediaCall] = []
         entry = self._client.get(token)
         if entry is None:
             return out
@@ -260,8 +178,8 @@ class Proxy:
     def next_timer(self) -> float | None:
         return self._timers[0][0] if self._timers else None
 
-    def handle_timer(self, now: float) -> list[Send]:
-        out: list[Send] = []
+    def handle_timer(self, now: float) -> list[Send | MediaCall]:
+        out: list[Send | MediaCall] = []
         heap = self._timers
         while heap and heap[0][0] <= now:
             _, _, obj = heapq.heappop(heap)
@@ -270,7 +188,7 @@ class Proxy:
             due = obj.next_timer()
             if due is None or due > now:
                 continue
-            if isinstance(obj, _Relay):
+            if isinstance(obj, Relay):
                 self._relay_deadline(obj, now, out)
             elif isinstance(obj, ClientTransaction):
                 entry = self._client.get(obj.key)
@@ -283,6 +201,42 @@ class Proxy:
             self._schedule(obj)
         return out
 
+    def media_done(self, op: int, result: Any, now: float) -> list[Send | MediaCall]:
+        """The reply (a dict) or the exception of a MediaCall we asked the shell to run."""
+        entry = self._media_ops.pop(op, None)
+        out: list[Send | MediaCall] = []
+        if entry is None:
+            return out
+        kind, args = entry
+        if kind is MediaOp.OFFER:
+            self._offer_done(*args, result, now, out)
+        elif kind is MediaOp.ANSWER:
+            self._answer_done(*args, result, now, out)
+        else:
+            self._ack_answer_done(*args, result, out)
+        return out
+
+    def originate(self, req: Request, dest: Destination, now: float, on_result: Any,
+                  timers: Any = None) -> list[Send | MediaCall]:
+        """Send a request of our own (OPTIONS keep-alive) through a client transaction.
+        `on_result(status | None, reason, now, retry_after)` gets the final answer or the failure."""
+        kw = {"timers": timers} if timers is not None else {}
+        ctx = ClientTransaction(req, reliable=dest.transport != "udp", now=now, **kw)
+        self._client[ctx.key] = (on_result, ctx, dest)
+        out: list[Send | MediaCall] = []
+        self._client_events(on_result, ctx, dest, ctx.start(), now, out)
+        return out
+
+    def add_timed(self, obj: Any) -> None:
+        """Put an object with next_timer()/handle_timer(now) -> [Send]/terminated on our clock."""
+        self._schedule(obj)
+
+    def is_client_active(self, token: Any) -> bool:
+        return token in self._client
+
+    def new_token(self, n: int = 8) -> str:
+        return self.entropy(n).hex()
+
     @property
     def active_transactions(self) -> int:
         return len(self._server) + len(self._client)
@@ -290,10 +244,10 @@ class Proxy:
     @property
     def pending_requests(self) -> int:
         """Requests relayed and still waiting for their final response (what a graceful stop drains)."""
-        return sum(1 for r in self._relays.values() if not r.final_sent)
+        return sum(1 for r in self._relays.values() if not r.done)
 
     # ---------------------------------------------------------------- requests
-    def _on_request(self, req: Request, src: Source, now: float, out: list[Send]) -> None:
+    def _on_request(self, req: Request, src: Source, now: float, out: list) -> None:
         self._stamp_via(req, src)
         key = server_key(req)
         if req.method == "ACK":
@@ -307,28 +261,25 @@ class Proxy:
         if sv is not None:  # retransmission
             self._server_events(sv, sv.st.receive_request(req, now), out)
             return
-        guard = getattr(self, "guard", None)
-        verdict = guard.screen(req, src, now) if guard is not None else None
-        if verdict is not None:  # guard.Guard: a Drop (scanner, flood) or a 503 beyond a limit
+        verdict = self.gate.screen(req, src, now)
+        if verdict is not None:  # a Drop (scanner, flood) or a 503 beyond a limit
             self.stats["rejected"] += 1
             if isinstance(verdict, Reply):
                 log.info("answered %s from %s:%d with %d (%s) call_id=%s", req.method, *src.addr,
                          verdict.status, verdict.log, req.call_id)
-                sv = self._server[key] = _Server(ServerTransaction(req, reliable=src.transport != "udp", now=now), src, key)
+                sv = self._new_server(req, src, key, now)
                 self._respond(sv, self._local_response(req, verdict, src.leg), now, out)
             return
         if req.method == "CANCEL":
             self._on_cancel(req, src, now, out)
             return
-
-        reliable = src.transport != "udp"
-        sv = self._server[key] = _Server(ServerTransaction(req, reliable=reliable, now=now), src, key)
+        sv = self._new_server(req, src, key, now)
         loop = self._loop_hash(req)
         problem = self._check_forwardable(req, loop)
         if problem is not None:
             self._respond(sv, self._local_response(req, Reply(*problem), src.leg), now, out)
             return
-        decision = self.router.request(req, src, now)
+        decision = self.policy.request(req, src, now)
         if isinstance(decision, Drop):
             self.stats["rejected"] += 1
             log.info("dropped %s from %s:%d: %s call_id=%s", req.method, *src.addr, decision.log, req.call_id)
@@ -337,8 +288,8 @@ class Proxy:
         new_call = req.method == "INVITE" and req.to_addr.tag is None
         if isinstance(decision, Reply):
             if new_call and decision.status >= 300 and decision.status != 403:
-                self._call_started(req, src, None)  # refused calls have a record too
-                self.observer.call_failed(req.call_id, decision.status, decision.reason, time.time())
+                self._call_started(req, src, None, now)  # refused calls have a record too
+                self._event(CallFailed(req.call_id, decision.status, decision.reason), now)
             if decision.status >= 400:
                 self.stats["rejected"] += 1
                 log.info("answered %s from %s:%d with %d %s%s call_id=%s", req.method, *src.addr,
@@ -349,19 +300,23 @@ class Proxy:
         if req.method == "INVITE":  # only now: a dropped request gets nothing at all
             self._respond(sv, self._local_response(req, Reply(100, "Trying"), src.leg), now, out)
             if new_call:
-                self._call_started(req, src, decision.identity)
+                self._call_started(req, src, decision.identity, now)
         elif req.method == "BYE":
-            self.observer.call_ended(req.call_id, src.leg, time.time())
-        relay = _Relay(sv, req, decision, loop)
+            self._event(CallEnded(req.call_id, src.leg), now)
+        step = self.media.for_request(decision.request, decision.targets[0].dest.leg) if self.media else None
+        relay = Relay(sv, src, req, decision, loop, offering=step is not None and step.wait,
+                      failover_after=self.invite_timeout)
         self._relays[key] = relay
-        if self.media is not None:
-            step = self.media.for_request(decision.request, decision.targets[0].dest.leg)
-            if step is not None and not step.wait:
-                out.append(MediaCall(None, step.command))
-            elif step is not None:
-                self._await_media(step, out, lambda reply, at, o: self._offer_done(relay, reply, at, o))
-                return
+        if step is not None and not step.wait:
+            out.append(MediaCall(None, step.command))
+        elif step is not None:
+            self._await_media(MediaOp.OFFER, (relay,), step, out)
+            return
         self._next_target(relay, now, out)
+
+    def _new_server(self, req: Request, src: Source, key: tuple, now: float) -> _Server:
+        sv = self._server[key] = _Server(ServerTransaction(req, reliable=src.transport != "udp", now=now), src, key)
+        return sv
 
     def _check_forwardable(self, req: Request, loop: str) -> tuple[int, str] | None:
         """RFC 3261 16.3: Max-Forwards and loop detection, before any routing."""
@@ -407,95 +362,89 @@ class Proxy:
             vias[0] = str(via)
             req.headers.replace_all("via", vias)
 
-    def _on_cancel(self, cancel: Request, src: Source, now: float, out: list[Send]) -> None:
+    def _on_cancel(self, cancel: Request, src: Source, now: float, out: list) -> None:
         """RFC 3261 16.10: answer the CANCEL, cancel the pending branch."""
         key = server_key(cancel)
-        invite_key = key[:-1] + ("INVITE",)
-        relay = self._relays.get(invite_key)
-        csv = self._server[key] = _Server(ServerTransaction(cancel, reliable=src.transport != "udp", now=now), src, key)
+        relay = self._relays.get(key[:-1] + ("INVITE",))
+        csv = self._new_server(cancel, src, key, now)
         if relay is None:
             self._respond(csv, make_response(cancel, 481, "Call/Transaction Does Not Exist"), now, out)
             return
         self._respond(csv, make_response(cancel, 200, "OK"), now, out)
-        relay.cancelled = True
-        self._set_deadline(relay, now + 64 * T1, "cancel")  # the 487 must come within Timer B's span
-        if relay.client is not None and relay.client.state == "proceeding":
-            self._send_cancel(relay.client, relay.dest, now, out, relay.decision.identity)
-        elif relay.client is None and not relay.final_sent:
+        if relay.state is S.OFFERING:  # no branch yet: nothing to cancel downstream
             self._final_local(relay, 487, "Request Terminated", now, out)
+            return
+        self._cancel_branch(relay, now, out)
 
-    def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list[Send],
+    def _cancel_branch(self, relay: Relay, now: float, out: list) -> None:
+        """The caller (or the SBC) gives up the current branch: CANCEL now if it has answered
+        provisionally, else on its first provisional (RFC 3261 9.1)."""
+        sent_before = relay.state is S.CANCELLING
+        relay.on(E.CANCELLED, now)
+        self._schedule(relay)
+        ctx = relay.client
+        if not sent_before and not relay.done and ctx is not None and ctx.state == "proceeding":
+            self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
+            relay.on(E.CANCEL_SENT, now)
+
+    def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list,
                      identity: str | None = None) -> None:
         if dest is None:
             return
-        orig = ctx.request
-        h = Headers()
-        h.add("via", orig.headers.get("via") or "")
-        for r in orig.headers.get_all("route"):
-            h.add("route", r)
-        h.add("max-forwards", "70")
-        for name in ("from", "to", "call-id"):
-            h.add(name, orig.headers.get(name) or "")
-        h.add("cseq", f"{orig.cseq.number} CANCEL")
-        cancel = Request("CANCEL", orig.uri, h)
-        self.router.outgoing(cancel, dest.leg, identity)
+        cancel = build_cancel(ctx.request)
+        self.policy.egress(cancel, dest.leg, identity)
         # RFC 3261 9.1: no final answer within 64*T1 of the CANCEL ends the INVITE transaction
         self._schedule(_Expire(self._client, ctx, now + 64 * T1))
         cctx = ClientTransaction(cancel, reliable=dest.transport != "udp", now=now)
         self._client[cctx.key] = (None, cctx, dest)
         self._client_events(None, cctx, dest, cctx.start(), now, out)
 
-    def _route_stateless_ack(self, ack: Request, src: Source, now: float, out: list[Send]) -> None:
+    def _route_stateless_ack(self, ack: Request, src: Source, now: float, out: list) -> None:
         """ACK for a 2xx is its own end-to-end request (17.1.1.3): route it, no transaction."""
-        decision = self.router.request(ack, src, now)
+        decision = self.policy.request(ack, src, now)
         if not isinstance(decision, Forward) or not decision.targets:
-            log.info("ACK from %s:%d not routable: %s call_id=%s", *src.addr,
-                     getattr(decision, "log", None) or getattr(decision, "reason", ""), ack.call_id)
+            why = decision.log if isinstance(decision, Drop) else (
+                decision.log or decision.reason if isinstance(decision, Reply) else "no target")
+            log.info("ACK from %s:%d not routable: %s call_id=%s", *src.addr, why, ack.call_id)
             return
         step = self.media.for_request(decision.request, decision.targets[0].dest.leg) if self.media else None
         if step is not None and step.wait:
-            def done(reply: Any, at: float, o: list) -> None:
-                if isinstance(reply, Exception):
-                    log.error("rtpengine answer for ACK failed (%s) call_id=%s", reply, ack.call_id)
-                    return
-                decision.request.body = str(reply.get("sdp", "")).encode()
-                self._send_stateless_ack(ack, decision, o)
-            self._await_media(step, out, done)
+            self._await_media(MediaOp.ACK, (ack, decision), step, out)
             return
+        self._send_stateless_ack(ack, decision, out)
+
+    def _ack_answer_done(self, ack: Request, decision: Forward, reply: Any, out: list) -> None:
+        if isinstance(reply, Exception):
+            log.error("rtpengine answer for ACK failed (%s) call_id=%s", reply, ack.call_id)
+            return
+        decision.request.body = str(reply.get("sdp", "")).encode()
         self._send_stateless_ack(ack, decision, out)
 
     def _send_stateless_ack(self, ack: Request, decision: Forward, out: list) -> None:
         target = decision.targets[0]
         req = decision.request
         incoming_branch = ack.top_via.branch or ""
-        branch = MAGIC_COOKIE + "-" + hashlib.blake2s((incoming_branch + self._secret).encode(),
-                                                      digest_size=8).hexdigest()
+        branch = make_branch(hashlib.blake2s((incoming_branch + self._secret).encode(),
+                                             digest_size=8).hexdigest())
         self._prepare_branch(req, target, branch, None, decision.identity)
         out.append(Send(req.to_bytes(), target.dest))
 
     # ---------------------------------------------------------------- branches
-    def _next_target(self, relay: _Relay, now: float, out: list[Send]) -> None:
+    def _next_target(self, relay: Relay, now: float, out: list) -> None:
         d = relay.decision
         relay.index += 1
         if relay.index >= len(d.targets):
             return
         target = d.targets[relay.index]
-        req = _copy_request(d.request)
-        branch = f"{MAGIC_COOKIE}-{relay.loop}.{os.urandom(5).hex()}"
+        req = Request(d.request.method, d.request.uri, d.request.headers.copy(), d.request.body)
+        branch = make_branch(f"{relay.loop}.{self.entropy(5).hex()}")
         self._prepare_branch(req, target, branch, d.record_route, d.identity)
         ctx = ClientTransaction(req, reliable=target.dest.transport != "udp", now=now)
         relay.client, relay.dest = ctx, target.dest
         self._client[ctx.key] = (relay, ctx, target.dest)
-        if d.failover and relay.index + 1 < len(d.targets):
-            self._set_deadline(relay, now + self.invite_timeout, "failover")
-        elif req.method == "INVITE" and not relay.cancelled:
-            self._set_deadline(relay, now + TIMER_C, "timer_c")
+        relay.on(E.BRANCH_SENT, now)
+        self._schedule(relay)
         self._client_events(relay, ctx, target.dest, ctx.start(), now, out)
-
-    def _set_deadline(self, relay: _Relay, when: float | None, kind: str) -> None:
-        relay.deadline, relay.deadline_kind = when, kind
-        if when is not None:
-            self._schedule(relay)
 
     def _prepare_branch(self, req: Request, target: Target, branch: str,
                         record_route: list[str] | None, identity: str | None) -> None:
@@ -509,202 +458,147 @@ class Proxy:
         transport = target.dest.transport
         params = f";branch={branch}" + (";rport" if transport == "udp" else "")
         h.add_first("via", f"SIP/2.0/{transport.upper()} {out_leg.via_host}:{out_leg.via_port}{params}")
-        if self.router.hiding and target.dest.leg == TEAMS:
-            self.router.hide_request_toward_teams(req)
-        self.router.outgoing(req, target.dest.leg, identity)
+        self.policy.egress(req, target.dest.leg, identity)
 
-    def _relay_deadline(self, relay: _Relay, now: float, out: list[Send]) -> None:
-        kind = relay.deadline_kind
+    def _relay_deadline(self, relay: Relay, now: float, out: list) -> None:
+        kind = relay.deadline_kind()
         relay.deadline = None
         ctx = relay.client
-        if kind == "timer_c" and not relay.final_sent:
+        if kind == "timer_c":
             # RFC 3261 16.6 step 11: no final answer for 3 minutes after the last provisional
-            log.warning("no final answer within %ds (Timer C), cancelling call_id=%s", TIMER_C, relay.call_id)
+            log.warning("no final answer within %ds (Timer C), cancelling call_id=%s", 180, relay.call_id)
             if ctx is not None and ctx.state == "proceeding":
-                relay.cancelled = True
-                self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
+                self._cancel_branch(relay, now, out)
+            elif ctx is not None:
+                relay.abandoned.append(ctx)  # cancelled when it speaks (RFC 3261 9.1)
             self._final_local(relay, 408, "Request Timeout", now, out)
-            return
-        if kind == "cancel" and not relay.final_sent:
+        elif kind == "cancel":
             log.warning("no final answer after CANCEL, ending it here call_id=%s", relay.call_id)
             self._final_local(relay, 487, "Request Terminated", now, out)
-            return
-        # failover: no answer at all from this target within invite_timeout (reference 5)
-        if ctx is None or ctx.state not in ("calling", "trying") or relay.cancelled:
-            return
-        log.warning("no answer from %s within %.1fs, failing over call_id=%s",
-                    relay.dest.host if relay.dest else "?", self.invite_timeout, relay.call_id)
-        relay.abandoned.append(ctx)
-        self.stats["failovers"] += 1
-        if relay.dest is not None:
-            self.router.branch_failed(relay.dest, f"no answer within {self.invite_timeout:g}s", now)
-        self._next_target(relay, now, out)
+        elif kind == "failover" and ctx is not None:
+            # no answer at all from this target within invite_timeout (reference 5)
+            log.warning("no answer from %s within %.1fs, failing over call_id=%s",
+                        relay.dest.host if relay.dest else "?", self.invite_timeout, relay.call_id)
+            relay.abandoned.append(ctx)
+            self.stats["failovers"] += 1
+            if relay.dest is not None:
+                self.policy.peer_failed(relay.dest, f"no answer within {self.invite_timeout:g}s", now)
+            self._next_target(relay, now, out)
 
     def _client_events(self, owner: Any, ctx: ClientTransaction, dest: Destination | None,
-                       events: list, now: float, out: list[Send]) -> None:
-        """`owner` is the _Relay of a proxied request, a callback for a request we originated
+                       events: list, now: float, out: list) -> None:
+        """`owner` is the Relay of a proxied request, a callback for a request we originated
         (OPTIONS pings: called with (status | None, reason, now, retry_after)), or None (CANCEL)."""
-        relay = owner if isinstance(owner, _Relay) else None
+        relay = owner if isinstance(owner, Relay) else None
         try:
-            self._client_event_loop(owner, relay, ctx, dest, events, now, out)
+            for ev in events:
+                if isinstance(ev, Transmit):
+                    msg = ev.message
+                    if msg is not ctx.request and dest is not None:  # the ACK the transaction built
+                        self.policy.egress(msg, dest.leg, relay.decision.identity if relay else None)
+                    out.append(Send(msg.to_bytes(), dest, ctx.key))
+                elif isinstance(ev, Deliver):
+                    resp = ev.response
+                    if relay is not None:
+                        if resp.status >= 200 and dest is not None:
+                            self.policy.peer_answered(dest, resp.status, retry_after(resp), now)
+                        self._on_branch_response(relay, ctx, resp, now, out)
+                    elif owner is not None and resp.status >= 200:
+                        owner(resp.status, resp.reason, now, retry_after(resp))
+                elif isinstance(ev, (TimedOut, TransportFailed)):
+                    timed_out = isinstance(ev, TimedOut)
+                    reason = "timed out" if timed_out else f"transport failure ({ev.reason})"
+                    if timed_out:
+                        self.stats["timeouts"] += 1
+                        m = method_label(ctx.request.method)
+                        self.counters.timeouts[m] = self.counters.timeouts.get(m, 0) + 1
+                    if relay is not None:
+                        if dest is not None:
+                            self.policy.peer_failed(dest, reason, now)
+                        code, text = (408, "Request Timeout") if timed_out else (503, "Service Unavailable")
+                        self._on_branch_response(relay, ctx, make_response(
+                            ctx.request, code, text, self._tag(ctx.request)), now, out)
+                    elif owner is not None:
+                        owner(None, reason, now, None)
         finally:  # even if relaying raised, the transaction table stays true
             if ctx.terminated:
                 self._client.pop(ctx.key, None)
             else:
                 self._schedule(ctx)
 
-    def _client_event_loop(self, owner: Any, relay: "_Relay | None", ctx: ClientTransaction,
-                           dest: Destination | None, events: list, now: float, out: list) -> None:
-        for ev in events:
-            if isinstance(ev, Transmit):
-                msg = ev.message
-                if msg.method == "ACK" and msg.headers.get("x-ms-sbc") is None and dest is not None:  # type: ignore[union-attr]
-                    ident = relay.decision.identity if relay is not None else None
-                    self.router.outgoing(msg, dest.leg, ident)  # the hop-by-hop ACK the transaction built
-                out.append(Send(msg.to_bytes(), dest, ctx.key))
-            elif isinstance(ev, Deliver):
-                resp = ev.response
-                if relay is not None and resp.status >= 200 and dest is not None:
-                    self.router.branch_answered(dest, resp.status, retry_after(resp), now)
-                if relay is not None:
-                    self._on_branch_response(relay, ctx, resp, now, out)
-                elif owner is not None and resp.status >= 200:
-                    owner(resp.status, resp.reason, now, retry_after(resp))
-            elif isinstance(ev, (TimedOut, TransportFailed)):
-                reason = "timed out" if isinstance(ev, TimedOut) else f"transport failure ({ev.reason})"
-                if isinstance(ev, TimedOut):
-                    self.stats["timeouts"] += 1
-                    self.observer.timeout(ctx.request.method)
-                if relay is not None:
-                    if dest is not None:
-                        self.router.branch_failed(dest, reason, now)
-                    code, text = (408, "Request Timeout") if isinstance(ev, TimedOut) else (503, "Service Unavailable")
-                    self._on_branch_response(relay, ctx, make_response(
-                        ctx.request, code, text, self._tag(ctx.request)), now, out)
-                elif owner is not None:
-                    owner(None, reason, now, None)
-
-    # ---------------------------------------------------------------- originated requests
-    def originate(self, req: Request, dest: Destination, now: float, on_result: Any,
-                  timers: Any = None) -> list[Send]:
-        """Send a request of our own (OPTIONS keep-alive) through a client transaction.
-        `on_result(status | None, reason, now, retry_after)` gets the final answer or the failure."""
-        kw = {"timers": timers} if timers is not None else {}
-        ctx = ClientTransaction(req, reliable=dest.transport != "udp", now=now, **kw)
-        self._client[ctx.key] = (on_result, ctx, dest)
-        out: list[Send] = []
-        self._client_events(on_result, ctx, dest, ctx.start(), now, out)
-        return out
-
-    def add_timed(self, obj: Any) -> None:
-        """Put an object with next_timer()/handle_timer(now) -> [Send]/terminated on our clock."""
-        self._schedule(obj)
-
-    def is_client_active(self, token: Any) -> bool:
-        return token in self._client
-
-    def _on_branch_response(self, relay: _Relay, ctx: ClientTransaction, resp: Response,
-                            now: float, out: list[Send], media_done: bool = False) -> None:
+    def _on_branch_response(self, relay: Relay, ctx: ClientTransaction, resp: Response,
+                            now: float, out: list) -> None:
         status = resp.status
         if ctx in relay.abandoned:
             if status < 200 and status != 100:
                 self._send_cancel(ctx, self._client.get(ctx.key, (None, None, None))[2], now, out,
                                   relay.decision.identity)
             elif 200 <= status < 300:
-                log.error("late 2xx from an abandoned Teams proxy call_id=%s", relay.call_id)
+                log.error("late 2xx from an abandoned branch call_id=%s", relay.call_id)
             return
-        if ctx is relay.client and relay.deadline_kind != "cancel" and relay.request.method == "INVITE":
-            # the target answered: no failover on silence any more; Timer C runs (and restarts
-            # on every provisional, 16.7 step 2) until the final answer
-            self._set_deadline(relay, now + TIMER_C, "timer_c")
-        elif ctx is relay.client and relay.deadline_kind == "failover":
-            self._set_deadline(relay, None, "")
+        if ctx is relay.client and status < 200:
+            relay.on(E.BRANCH_RESPONDED, now)  # no failover on silence any more; Timer C (re)starts
+            self._schedule(relay)
         if status == 100:
             return
-        if self.media is not None and not media_done:
-            if relay.media_busy:
+        self._media_then_relay(relay, ctx, resp, now, out)
+
+    def _media_then_relay(self, relay: Relay, ctx: ClientTransaction, resp: Response, now: float,
+                          out: list) -> None:
+        """A response with SDP waits for rtpengine's answer; later ones queue behind it."""
+        if self.media is not None:
+            if relay.answering is not None:
                 relay.queue.append((ctx, resp))  # keep the order of responses
                 return
             step = self.media.for_response(resp, ctx.request, relay.src.leg)
             if step is not None:
-                relay.media_busy = True
-                self._await_media(step, out, lambda reply, at, o: self._answer_done(relay, ctx, resp, reply, at, o))
+                relay.answering = self._await_media(MediaOp.ANSWER, (relay, ctx, resp), step, out)
                 return
-        if relay.cancelled and status < 200 and ctx.state == "proceeding":
-            self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
+        self._relay_response(relay, ctx, resp, now, out)
+
+    def _relay_response(self, relay: Relay, ctx: ClientTransaction, resp: Response, now: float,
+                        out: list) -> None:
+        status = resp.status
         if status < 200:
-            if relay.final_sent:
+            if relay.state is S.CANCEL_PENDING and ctx is relay.client and ctx.state == "proceeding":
+                self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
+                relay.on(E.CANCEL_SENT, now)
+                self._schedule(relay)
+            if relay.done:
                 return
-            relay.provisional_sent = True
+            relay.on(E.RELAYED_PROVISIONAL, now)
+            self._schedule(relay)
             self._upstream(relay, resp, now, out)
             return
         if status < 300:
-            first = not relay.final_sent
+            first = not relay.done
             self._upstream(relay, resp, now, out)  # every 2xx goes up (RFC 6026)
-            relay.final_sent = True
-            if first and relay.request.method == "INVITE" and relay.request.to_addr.tag is None:
-                self.observer.call_answered(relay.call_id, time.time())
+            relay.on(E.FINAL_SENT, now)
+            if first and relay.is_invite and relay.request.to_addr.tag is None:
+                self._event(CallAnswered(relay.call_id), now)
             return
-        if relay.final_sent:
+        if relay.done:
             return
-        d = relay.decision
-        if (d.failover and status in FAILOVER_CODES and not relay.provisional_sent
-                and not relay.cancelled and relay.index + 1 < len(d.targets)):
+        if relay.may_fail_over and self.policy.retry_next(relay.decision, status):
             log.warning("failing over after %d %s for %s call_id=%s", status, resp.reason,
                         relay.dest.host if relay.dest else "?", relay.call_id)
             self.stats["failovers"] += 1
             self._next_target(relay, now, out)
             return
-        self._final_upstream(relay, resp, now, out)
-
-    def _final_upstream(self, relay: _Relay, resp: Response, now: float, out: list[Send]) -> None:
-        relay.final_sent = True
-        relay.deadline = None
+        relay.on(E.FINAL_SENT, now)
         self._upstream(relay, resp, now, out)
-        self._failed_upstream(relay, resp.status, resp.reason)
+        self._failed_upstream(relay, resp.status, resp.reason, now)
         self._media_forget(relay, out)
 
     # ---------------------------------------------------------------- media (rtpengine)
-    def media_done(self, op: int, result: Any, now: float) -> list:
-        """The reply (a dict) or the exception of a MediaCall we asked the shell to run."""
-        cont = self._media_ops.pop(op, None)
-        out: list = []
-        if cont is not None:
-            cont(result, now, out)
-        return out
-
-    def _await_media(self, step: Any, out: list, cont: Any) -> None:
+    def _await_media(self, kind: MediaOp, args: tuple, step: MediaStep, out: list) -> int:
         op = next(self._op_seq)
-        self._media_ops[op] = cont
+        self._media_ops[op] = (kind, args)
         out.append(MediaCall(op, step.command))
+        return op
 
-    def _final_local(self, relay: _Relay, status: int, reason: str, now: float, out: list,
-                     headers: list | None = None) -> None:
-        """Answer the relayed request ourselves and forget its media."""
-        relay.final_sent = True
-        relay.deadline = None
-        self._respond(relay.server, self._local_response(
-            relay.request, Reply(status, reason, headers or []), relay.src.leg), now, out)
-        self._failed_upstream(relay, status, reason)
-        self._media_forget(relay, out)
-
-    def _call_started(self, req: Request, src: Source, identity: str | None) -> None:
-        other = PBX if src.leg == TEAMS else TEAMS
-        self.observer.call_started(req.call_id, f"{src.leg}->{other}", identity,
-                                   _user(req.headers.get("from")), _user(req.headers.get("to")), time.time())
-
-    def _failed_upstream(self, relay: _Relay, status: int, reason: str) -> None:
-        if relay.request.method == "INVITE" and relay.request.to_addr.tag is None:
-            self.observer.call_failed(relay.call_id, status, reason, time.time())
-
-    def _media_forget(self, relay: _Relay, out: list) -> None:
-        if self.media is not None:
-            step = self.media.for_failed_call(relay.request)
-            if step is not None:
-                out.append(MediaCall(None, step.command))
-
-    def _offer_done(self, relay: _Relay, reply: Any, now: float, out: list) -> None:
-        if relay.final_sent:
+    def _offer_done(self, relay: Relay, reply: Any, now: float, out: list) -> None:
+        if relay.done:
             self._media_forget(relay, out)  # CANCELled while rtpengine was working
             return
         if isinstance(reply, Exception) or "sdp" not in reply:
@@ -714,7 +608,7 @@ class Proxy:
             return
         sdp = str(reply["sdp"])
         first = relay.decision.targets[0].dest
-        problem = self.media.sdp_problem(sdp, first.leg, first.transport)
+        problem = self.media.sdp_problem(sdp, first.leg, first.transport) if self.media else None
         if problem:
             log.error("call refused: %s call_id=%s", problem, relay.call_id)
             self._final_local(relay, 488, "SDP Too Large For UDP Trunk", now, out,
@@ -723,89 +617,85 @@ class Proxy:
         relay.decision.request.body = sdp.encode()
         self._next_target(relay, now, out)
 
-    def _answer_done(self, relay: _Relay, ctx: ClientTransaction, resp: Response, reply: Any,
+    def _answer_done(self, relay: Relay, ctx: ClientTransaction, resp: Response, reply: Any,
                      now: float, out: list) -> None:
-        relay.media_busy = False
+        relay.answering = None
         if isinstance(reply, Exception) or "sdp" not in reply:
             why = reply if isinstance(reply, Exception) else "reply without sdp"
             log.error("media answer failed, tearing the call down: %s call_id=%s", why, relay.call_id)
             self._teardown(relay, ctx, resp, now, out)
             return
         resp.body = str(reply["sdp"]).encode()
-        self._on_branch_response(relay, ctx, resp, now, out, media_done=True)
-        while relay.queue and not relay.media_busy:
+        self._relay_response(relay, ctx, resp, now, out)
+        while relay.queue and relay.answering is None:
             qctx, qresp = relay.queue.pop(0)
-            self._on_branch_response(relay, qctx, qresp, now, out)
+            self._media_then_relay(relay, qctx, qresp, now, out)
 
-    def _teardown(self, relay: _Relay, ctx: ClientTransaction, resp: Response, now: float, out: list) -> None:
-        """The call cannot have media: end it on both legs (issue: never a call without media)."""
+    def _teardown(self, relay: Relay, ctx: ClientTransaction, resp: Response, now: float, out: list) -> None:
+        """The call cannot have media: end it on both legs (never a call without media)."""
         relay.queue.clear()
         if resp.status >= 200:
             self._end_answered_branch(relay, ctx, resp, now, out)
-        elif ctx.state == "proceeding":
-            relay.cancelled = True
-            self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
-        if not relay.final_sent:
+        elif ctx.state == "proceeding" and not relay.done:
+            self._cancel_branch(relay, now, out)
+        if not relay.done:
             self._final_local(relay, 503, "Service Unavailable", now, out)
         else:
             self._media_forget(relay, out)
 
-    def _end_answered_branch(self, relay: _Relay, ctx: ClientTransaction, resp: Response,
+    def _media_forget(self, relay: Relay, out: list) -> None:
+        if self.media is not None:
+            step = self.media.for_failed_call(relay.request)
+            if step is not None:
+                out.append(MediaCall(None, step.command))
+
+    # ---------------------------------------------------------------- answers upstream
+    def _final_local(self, relay: Relay, status: int, reason: str, now: float, out: list,
+                     headers: list | None = None) -> None:
+        """Answer the relayed request ourselves and forget its media."""
+        relay.on(E.FINAL_SENT, now)
+        self._respond(relay.server, self._local_response(
+            relay.request, Reply(status, reason, headers or []), relay.src.leg), now, out)
+        self._failed_upstream(relay, status, reason, now)
+        self._media_forget(relay, out)
+
+    def _end_answered_branch(self, relay: Relay, ctx: ClientTransaction, resp: Response,
                              now: float, out: list) -> None:
         """ACK and BYE a 2xx we will not relay, along the callee's side of the route set."""
         dest_leg = relay.dest.leg if relay.dest else None
-        if dest_leg is None:
-            return
-        rr = resp.headers.get_all("record-route")
-        mine = next((i for i, v in enumerate(rr) if self.router.is_own_route(v)), len(rr))
-        routes = list(reversed(rr[:mine]))
-        contact = resp.headers.get("contact")
-        if not contact:
-            return
-        target = parse_name_addr(contact).uri
-        hop = self.router.hop_toward(parse_name_addr(routes[0]).uri if routes else target, dest_leg)
-        if hop is None:
+        hop = self.policy.dialog_hop(resp, dest_leg) if dest_leg else None
+        if hop is None or dest_leg is None:
             return
         leg = self.legs[dest_leg]
         cseq = ctx.request.cseq.number
 
         def request(method: str, number: int) -> Request:
-            h = Headers()
-            rport = ";rport" if hop.transport == "udp" else ""
-            h.add("via", f"SIP/2.0/{hop.transport.upper()} {leg.via_host}:{leg.via_port};"
-                         f"branch={MAGIC_COOKIE}-{os.urandom(8).hex()}{rport}")
-            for r in routes:
-                h.add("route", r)
-            h.add("max-forwards", "70")
-            h.add("from", ctx.request.headers.get("from") or "")
-            h.add("to", resp.headers.get("to") or "")
-            h.add("call-id", resp.call_id)
-            h.add("cseq", f"{number} {method}")
-            req = Request(method, target, h)
-            self.router.outgoing(req, dest_leg, relay.decision.identity)
+            rport = ";rport" if hop.dest.transport == "udp" else ""
+            req = new_request(
+                method, hop.target,
+                via=f"SIP/2.0/{hop.dest.transport.upper()} {leg.via_host}:{leg.via_port};"
+                    f"branch={make_branch(self.entropy(8).hex())}{rport}",
+                from_=ctx.request.headers.get("from") or "", to=resp.headers.get("to") or "",
+                call_id=resp.call_id, cseq=number, routes=hop.routes)
+            self.policy.egress(req, dest_leg, relay.decision.identity)
             return req
 
-        out.append(Send(request("ACK", cseq).to_bytes(), hop))
-        out.extend(self.originate(request("BYE", cseq + 1), hop, now, _ignore_result))
+        out.append(Send(request("ACK", cseq).to_bytes(), hop.dest))
+        out.extend(self.originate(request("BYE", cseq + 1), hop.dest, now, _ignore_result))
 
-    def _upstream(self, relay: _Relay, resp: Response, now: float, out: list[Send]) -> None:
+    def _upstream(self, relay: Relay, resp: Response, now: float, out: list) -> None:
         """16.7: forward a response to the request's sender through the server transaction.
         A response we cannot relay (no Via left for the sender, a malformed header we must
         rewrite) never strands the transaction: a final one becomes 502 (a 2xx is also ACKed
         and BYEd toward the callee), a provisional one is dropped."""
         up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
         up.headers.pop_first("via")
-        if self.router.hiding:
-            if relay.src.leg == PBX:  # its Vias stayed with us (topology hiding)
-                self.router.unhide_response_toward_pbx(up, relay.request.headers.get_all("via"))
-            else:
-                self.router.hide_response_toward_teams(up)
         try:
+            self.policy.egress(up, relay.src.leg, relay.decision.identity, relay.request)
             sender_via = up.headers.get("via")
             if sender_via is None:
                 raise ParseError("Response without the sender's Via")
             parse_via(sender_via)
-            self.router.outgoing(up, relay.src.leg, relay.decision.identity)
         except ParseError as e:
             log.warning("cannot relay %d %s: %s call_id=%s", resp.status, resp.reason, e.reason, relay.call_id)
             if resp.status < 200:
@@ -816,15 +706,15 @@ class Proxy:
         self._respond(relay.server, up, now, out)
 
     # ---------------------------------------------------------------- responses
-    def _on_response(self, resp: Response, src: Source, now: float, out: list[Send]) -> None:
+    def _on_response(self, resp: Response, src: Source, now: float, out: list) -> None:
         entry = self._client.get(client_key(resp))
         if entry is None:
             self._stray_response(resp, src, out)
             return
-        relay, ctx, dest = entry
-        self._client_events(relay, ctx, dest, ctx.receive_response(resp, now), now, out)
+        owner, ctx, dest = entry
+        self._client_events(owner, ctx, dest, ctx.receive_response(resp, now), now, out)
 
-    def _stray_response(self, resp: Response, src: Source, out: list[Send]) -> None:
+    def _stray_response(self, resp: Response, src: Source, out: list) -> None:
         """A 2xx to INVITE whose transaction is gone (restart, late retransmission) is still
         forwarded along its Via (RFC 3261 16.7 step 10 / 18.2.2); anything else is dropped."""
         if not (200 <= resp.status < 300 and resp.cseq.method == "INVITE"):
@@ -834,17 +724,17 @@ class Proxy:
             return
         up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
         up.headers.pop_first("via")
-        dest = self.router.response_destination(up, src)
+        dest = self.policy.stray_destination(up, src)
         if dest is None:
             return
-        self.router.outgoing(up, dest.leg, None)
+        self.policy.egress(up, dest.leg, None)
         out.append(Send(up.to_bytes(), dest))
 
     # ---------------------------------------------------------------- local answers
-    def _respond(self, sv: "_Server", resp: Response, now: float, out: list[Send]) -> None:
+    def _respond(self, sv: _Server, resp: Response, now: float, out: list) -> None:
         self._server_events(sv, sv.st.send_response(resp, now), out)
 
-    def _server_events(self, sv: "_Server", events: list, out: list[Send]) -> None:
+    def _server_events(self, sv: _Server, events: list, out: list) -> None:
         for ev in events:
             if isinstance(ev, Transmit):
                 out.append(Send(ev.message.to_bytes(), sv.src))
@@ -861,16 +751,13 @@ class Proxy:
         resp = make_response(req, reply.status, reply.reason, self._tag(req))
         for name, value in reply.headers:
             resp.headers.add(name.lower(), value)
-        if leg == TEAMS and reply.status > 100 and "contact" not in resp.headers:
-            # every response to Teams carries the FQDN Contact (reference section 3)
-            resp.headers.add("contact", self.router.own_contact(leg))
-        self.router.outgoing(resp, leg, None)
+        self.policy.egress(resp, leg, None)
         return resp
 
     def _tag(self, req: Request) -> str:
         return hashlib.blake2s((req.call_id + self._secret).encode(), digest_size=6).hexdigest()
 
-    def _answer_unparsable(self, data: bytes, src: Source, err: ParseError, out: list[Send]) -> None:
+    def _answer_unparsable(self, data: bytes, src: Source, err: ParseError, out: list) -> None:
         """Bad input never crashes anything: answer 400 when a response can be built, else log."""
         resp = bare_error_response(data, err)
         log.info("unparsable message from %s:%d (%s): %s", src.addr[0], src.addr[1], src.transport,
@@ -882,6 +769,27 @@ class Proxy:
         t = obj.next_timer()
         if t is not None and not obj.terminated:
             heapq.heappush(self._timers, (t, next(self._seq), obj))
+
+    # ---------------------------------------------------------------- call events
+    def _event(self, ev: CallEvent, now: float) -> None:
+        self.gate.track(ev, now)
+        self._events.append(ev)
+
+    def next_events(self) -> list[CallEvent]:
+        """The call events since the last call (the shell stamps and publishes them)."""
+        if not self._events:
+            return []
+        evs, self._events = self._events, []
+        return evs
+
+    def _call_started(self, req: Request, src: Source, identity: str | None, now: float) -> None:
+        other = PBX if src.leg == TEAMS else TEAMS
+        self._event(CallStarted(req.call_id, f"{src.leg}->{other}", identity,
+                                _user(req.headers.get("from")), _user(req.headers.get("to"))), now)
+
+    def _failed_upstream(self, relay: Relay, status: int, reason: str, now: float) -> None:
+        if relay.is_invite and relay.request.to_addr.tag is None:
+            self._event(CallFailed(relay.call_id, status, reason), now)
 
 
 def _user(value: str | None) -> str:
@@ -898,47 +806,10 @@ def _ignore_result(*_: Any) -> None:
     pass
 
 
-def retry_after(resp: Response) -> float | None:
+def retry_after(resp: Message) -> float | None:
     """Seconds of a Retry-After header (RFC 3261 20.33: delta-seconds [comment] *params)."""
     v = resp.headers.get("retry-after")
     if not v:
         return None
     digits = v.strip().split(None, 1)[0].split(";", 1)[0].split("(", 1)[0]
     return float(digits) if digits.isdigit() and len(digits) <= 7 else None
-
-
-def _copy_request(req: Request) -> Request:
-    return Request(req.method, req.uri, req.headers.copy(), req.body)
-
-
-def bare_error_response(data: bytes, err: ParseError) -> bytes | None:
-    """Build `400 <reason>` from the raw header lines when the message is a request and the
-    headers a response needs can be found; None otherwise (responses are never answered)."""
-    head = data.split(b"\r\n\r\n", 1)[0][:8192]
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    lines = text.split("\r\n")
-    if not lines or lines[0].startswith("SIP/") or " " not in lines[0]:
-        return None
-    wanted = {"via": [], "v": [], "from": [], "f": [], "to": [], "t": [], "call-id": [], "i": [], "cseq": []}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        k = name.strip().lower()
-        if colon and k in wanted:
-            wanted[k].append(value.strip())
-    vias = wanted["via"] + wanted["v"]
-    fr = (wanted["from"] + wanted["f"])[:1]
-    to = (wanted["to"] + wanted["t"])[:1]
-    cid = (wanted["call-id"] + wanted["i"])[:1]
-    cseq = wanted["cseq"][:1]
-    if not (vias and fr and to and cid and cseq):
-        return None
-    if any(c in v for v in vias + fr + to + cid + cseq for c in "\r\n\0"):
-        return None
-    out = [f"SIP/2.0 {err.status} {err.reason}"]
-    out += [f"Via: {v}" for v in vias]
-    out += [f"From: {fr[0]}", f"To: {to[0]}", f"Call-ID: {cid[0]}", f"CSeq: {cseq[0]}",
-            "Content-Length: 0", "", ""]
-    return "\r\n".join(out).encode()

@@ -14,19 +14,26 @@ peer health in health.py.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from .addresses import HostPort
 from .config import Config, TenantSection
+from .decisions import (PBX, TEAMS, Destination, DialogHop, Drop, Forward, Leg, Reply, Source,
+                        Target)
 from .digest import DigestAuth
 from .health import HealthBook
-from .proxy import PBX, TEAMS, Destination, Drop, Forward, Leg, Reply, Target
+from .sip.build import branch, new_request
 from .sip.errors import ParseError
-from .sip.message import Headers, Request, Response
+from .sip.message import Message, Request, Response
 from .sip.uri import SipUri, format_params, parse_name_addr, parse_uri
-from .teams import (ALLOW_TOWARD_TEAMS, USER_AGENT, X_MS_SBC, TeamsIdentity, e164_address,
-                    fold_route, rewrite_toward_teams, to_e164, unfold_route)
+from .teams import (USER_AGENT, X_MS_SBC, TeamsIdentity, e164_address, fold_route,
+                    rewrite_toward_teams, to_e164, unfold_route)
 
 ALLOW_PBX = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, INFO, UPDATE, REFER"
+
+# failure_route: a Teams proxy answering these (or silent, or unreachable) is skipped for the
+# next one (reference section 5); never after 603 or once a provisional went to the caller.
+FAILOVER_CODES = frozenset({408, 503})
 
 
 def pbx_peer(hp: HostPort) -> str:
@@ -35,8 +42,12 @@ def pbx_peer(hp: HostPort) -> str:
 
 
 class Router:
-    def __init__(self, config: Config, health: HealthBook | None = None):
+    """The RoutingPolicy of decisions.py."""
+
+    def __init__(self, config: Config, health: HealthBook | None = None, *,
+                 entropy: Callable[[int], bytes] = os.urandom):
         self.config = config
+        self.entropy = entropy
         self.health = health or HealthBook()
         self.teams = TeamsIdentity(config)
         pbx = config.pbx
@@ -52,7 +63,7 @@ class Router:
         }
 
     # ------------------------------------------------------------------ the story
-    def request(self, req: Request, src, now: float) -> Reply | Forward | Drop:
+    def request(self, req: Request, src: Source, now: float) -> Reply | Forward | Drop:
         if src.leg == PBX and src.addr[0] not in self.pbx_hosts:
             return Reply(403, "Forbidden", log=f"{src.addr[0]} is not a configured PBX")
         if src.leg == PBX and self.auth is not None and req.to_addr.tag is None \
@@ -73,7 +84,7 @@ class Router:
     def call_from_teams(self, req: Request, now: float) -> Reply | Forward:
         """Teams -> PBX: the R-URI names our FQDN (or a tenant's); the number goes to that PBX."""
         if req.method != "INVITE":
-            return Reply(405, "Method Not Allowed", [("Allow", self.allow_teams)])
+            return Reply(405, "Method Not Allowed", [("Allow", self.teams.allow)])
         ruri = req.ruri
         identity = ruri.host.lower().rstrip(".")
         if identity not in self.teams.names:
@@ -87,7 +98,7 @@ class Router:
         return Forward(req, [Target(dest, self.pbx_uri(ruri, trunk))],
                        record_route=[self.pbx_rr, self.teams.record_route(identity)], identity=identity)
 
-    def call_from_pbx(self, req: Request, src, now: float) -> Reply | Forward:
+    def call_from_pbx(self, req: Request, src: Source, now: float) -> Reply | Forward:
         """PBX -> Teams: +E.164 everywhere, sip/sip2/sip3 in order (reference section 5)."""
         if req.method != "INVITE":
             return Reply(405, "Method Not Allowed", [("Allow", ALLOW_PBX)])
@@ -113,7 +124,7 @@ class Router:
         return Forward(req, targets, record_route=[self.teams.record_route(identity), self.pbx_rr],
                        failover=True, identity=identity)
 
-    def in_dialog(self, req: Request, src) -> Reply | Forward:
+    def in_dialog(self, req: Request, src: Source) -> Reply | Forward:
         """Follow the route set: our own Route entries are popped; the request crosses sides."""
         popped = self.pop_own_routes(req)
         if src.leg == TEAMS:
@@ -164,7 +175,7 @@ class Router:
             if self.config.teams.options_503_when_pbx_down and not self.health.usable(pbx_peer(trunk), now):
                 return Reply(503, "Service Unavailable", [("Retry-After", "30")],
                              log="PBX is down and teams.options_503_when_pbx_down is set")
-            allow = self.allow_teams
+            allow = self.teams.allow
         else:
             allow = ALLOW_PBX
         return Reply(200, "OK", [("Contact", self.own_contact(leg)), ("Allow", allow),
@@ -173,34 +184,30 @@ class Router:
 
     def options_request(self, peer: str) -> tuple[Request, Destination]:
         """The OPTIONS we send: to a Teams proxy (over our own TLS connection) or to a PBX."""
-        tag, callid, branch = os.urandom(6).hex(), os.urandom(10).hex(), os.urandom(8).hex()
-        h = Headers()
+        tag, callid, token = (self.entropy(n).hex() for n in (6, 10, 8))
         if peer.startswith("pbx "):
             trunk = next(hp for hp in self.trunks() if pbx_peer(hp) == peer)
             dest = Destination(PBX, self.config.pbx.transport, trunk.host, trunk.port)
-            me = self.config.pbx.listen
+            me = str(self.config.pbx.listen)
             rport = ";rport" if dest.transport == "udp" else ""
-            h.add("via", f"SIP/2.0/{dest.transport.upper()} {me}{rport};branch=z9hG4bK-{branch}")
+            via = f"SIP/2.0/{dest.transport.upper()} {me}{rport};branch={branch(token)}"
             uri, from_uri, contact = f"sip:{trunk}", f"sip:teamsbc@{me}", f"<sip:{me};transport={dest.transport}>"
             to_uri = uri
+            allow = ALLOW_PBX
         else:
             dest = self.teams_dest(peer)
             me = f"{self.teams.fqdn}:{self.teams.port}"
-            h.add("via", f"SIP/2.0/TLS {me};branch=z9hG4bK-{branch}")
+            via = f"SIP/2.0/TLS {me};branch={branch(token)}"
             uri, from_uri, to_uri = f"sip:{peer}:{dest.port};transport=tls", f"sip:{me}", f"sip:{peer}"
             contact = f"<sip:{me};transport=tls>"
-        h.add("max-forwards", "70")
-        h.add("from", f"<{from_uri}>;tag={tag}")
-        h.add("to", f"<{to_uri}>")
-        h.add("call-id", f"{callid}@{self.teams.fqdn}")
-        h.add("cseq", "1 OPTIONS")
-        h.add("contact", contact)
-        h.add("allow", self.allow_teams if dest.leg == TEAMS else ALLOW_PBX)
-        h.add("accept", "application/sdp")
-        h.add("user-agent", USER_AGENT)
+            allow = self.teams.allow
+        req = new_request("OPTIONS", uri, via=via, from_=f"<{from_uri}>;tag={tag}", to=f"<{to_uri}>",
+                          call_id=f"{callid}@{self.teams.fqdn}", cseq=1,
+                          extra=[("contact", contact), ("allow", allow), ("accept", "application/sdp"),
+                                 ("user-agent", USER_AGENT)])
         if dest.leg == TEAMS:
-            h.add("x-ms-sbc", X_MS_SBC)
-        return Request("OPTIONS", uri, h), dest
+            req.headers.add("x-ms-sbc", X_MS_SBC)
+        return req, dest
 
     def ping_targets(self) -> list[tuple[str, float, float]]:
         """(peer, interval, timeout) for every peer we keep alive. OPTIONS go only for the
@@ -212,12 +219,16 @@ class Router:
                     for hp in self.trunks()]
         return out
 
-    # ------------------------------------------------------------------ results of branches
-    def branch_answered(self, dest: Destination, status: int, retry_after: float | None, now: float) -> None:
+    # ------------------------------------------------------------------ failure_route
+    def retry_next(self, forward: Forward, status: int | None) -> bool:
+        """A Teams proxy failed the call: the next one gets it (reference 5), never after 603."""
+        return forward.failover and (status is None or status in FAILOVER_CODES)
+
+    def peer_answered(self, dest: Destination, status: int, retry_after: float | None, now: float) -> None:
         if dest.leg == TEAMS and dest.host in self.config.teams.proxies:
             self.health.response(dest.host, now, status, retry_after)
 
-    def branch_failed(self, dest: Destination, reason: str, now: float) -> None:
+    def peer_failed(self, dest: Destination, reason: str, now: float) -> None:
         if dest.leg == TEAMS:
             if dest.host in self.config.teams.proxies:
                 self.health.failed(dest.host, now, reason)
@@ -226,13 +237,26 @@ class Router:
             if name in self.health.peers or self.config.pbx.options_interval > 0:
                 self.health.failed(name, now, reason)
 
-    # ------------------------------------------------------------------ per-leg rewriting
-    def outgoing(self, msg: Request | Response, leg: str, identity: str | None = None) -> None:
-        """Called by the proxy on every message it sends out on `leg`."""
+    # ------------------------------------------------------------------ what leaves on each leg
+    def egress(self, msg: Message, leg: str, identity: str | None,
+               answering: Request | None = None) -> None:
+        """Every message the proxy sends on `leg` passes here once (decisions.RoutingPolicy).
+        Toward Teams: topology hiding, then Teams' rules (FQDN Contact on every request and on
+        every response but 100, X-MS-SBC, Allow, no Replaces: reference 3-7). Toward the PBX:
+        a relayed response gets back the PBX side's Vias and route set we hid from Teams."""
         if leg == TEAMS:
+            if self.hiding:
+                if isinstance(msg, Request):
+                    self.hide_request_toward_teams(msg)
+                else:
+                    self.hide_response_toward_teams(msg)
+            if isinstance(msg, Response) and msg.status > 100 and "contact" not in msg.headers:
+                msg.headers.add("contact", self.own_contact(TEAMS))
             rewrite_toward_teams(msg, self.teams, identity)
+        elif self.hiding and answering is not None and isinstance(msg, Response):
+            self.unhide_response_toward_pbx(msg, answering.headers.get_all("via"))
 
-    def response_destination(self, resp: Response, src) -> Destination | None:
+    def stray_destination(self, resp: Response, src: Source) -> Destination | None:
         """Where a 2xx without transaction goes: the other side, by its Via."""
         if src.leg == TEAMS:
             return self.pbx_dest
@@ -240,6 +264,23 @@ class Router:
         if not self.teams.is_teams_host(via.host):
             return None
         return self.teams_dest(via.host.lower(), via.port)
+
+    def dialog_hop(self, resp: Response, leg: str) -> DialogHop | None:
+        """Where our ACK/BYE for the dialog of `resp` goes on `leg`: the callee's part of the
+        route set (the Record-Route entries above ours, reversed), then its Contact."""
+        rr = resp.headers.get_all("record-route")
+        mine = next((i for i, v in enumerate(rr) if self.is_own_route(v)), len(rr))
+        routes = list(reversed(rr[:mine]))
+        contact = resp.headers.get("contact")
+        if not contact:
+            return None
+        try:
+            target = parse_name_addr(contact).uri
+            first = parse_name_addr(routes[0]).uri if routes else target
+        except ParseError:
+            return None
+        dest = self.hop_toward(first, leg)
+        return DialogHop(routes, target, dest) if dest is not None else None
 
     # ------------------------------------------------------------------ topology hiding
     def hide_request_toward_teams(self, req: Request) -> None:
@@ -286,10 +327,6 @@ class Router:
             return f"<sip:{self.teams.fqdn}:{self.teams.port};transport=tls>"
         return f"<sip:{self.config.pbx.listen};transport={self.config.pbx.transport}>"
 
-    @property
-    def allow_teams(self) -> str:
-        return ALLOW_TOWARD_TEAMS + (", REFER" if self.config.teams.allow_refer else "")
-
     def trunks(self) -> list[HostPort]:
         seen: list[HostPort] = [self.config.pbx.address]
         for t in self.tenants.values():
@@ -300,7 +337,7 @@ class Router:
     def trunk_for(self, tenant: TenantSection | None) -> HostPort:
         return tenant.pbx if tenant and tenant.pbx else self.config.pbx.address
 
-    def tenant_of_call(self, req: Request, src) -> str | None:
+    def tenant_of_call(self, req: Request, src: Source) -> str | None:
         """Carrier mode: which tenant FQDN a PBX call belongs to: by its trunk, else by the
         caller's number prefix; None = the base FQDN."""
         for t in self.tenants.values():

@@ -55,6 +55,11 @@ class TeamsIdentity:
         self.allow_refer = config.teams.allow_refer
         self._teams_hosts = set(config.teams.proxies) | set(config.teams.resolve)
 
+    @property
+    def allow(self) -> str:
+        """Our Allow toward Teams: with REFER only when teams.allow_refer (reference 7)."""
+        return ALLOW_TOWARD_TEAMS + (", REFER" if self.allow_refer else "")
+
     def record_route(self, fqdn: str | None = None) -> str:
         return f"<sip:{fqdn or self.fqdn}:{self.port};transport=tls;lr;r2=on>"
 

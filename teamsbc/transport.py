@@ -18,10 +18,14 @@ from typing import Any
 
 from .addresses import HostPort, grow_receive_buffer
 from .config import Config
-from .events import Observer
-from .proxy import PBX, TEAMS, Destination, MediaCall, Proxy, Send, Source, bare_error_response
+from .decisions import PBX, TEAMS, Destination, Door, MediaCall, Send, Source
+from .events import Observers
+from .media.stats import parse_stats
+from .proxy import Proxy
+from .sip.build import bare_error_response
 from .sip.errors import ParseError
 from .sip.message import KEEPALIVE_PING, StreamFramer
+from .media.pool import MediaPool
 from .tls import FileWatch, days_left, describe_certificate, reload_contexts
 
 log = logging.getLogger("teamsbc.transport")
@@ -51,8 +55,7 @@ class StreamConn(asyncio.Protocol):
         self._keepalive: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        guard = getattr(self.shell.proxy, "guard", None)
-        if (guard is not None and self.key is None and self.leg == PBX and not guard.admit_connection(
+        if (self.key is None and self.leg == PBX and not self.shell.door.admit_connection(
                 transport.get_extra_info("peername") or ("?", 0), PBX, self.shell.loop.time(), transport)):
             transport.abort()  # not a configured PBX (security.unknown_source: drop), banned or over a limit
             return
@@ -130,8 +133,7 @@ class TlsAcceptor(asyncio.Protocol):
         self.shell = shell
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        guard = getattr(self.shell.proxy, "guard", None)
-        if guard is not None and not guard.admit_connection(
+        if not self.shell.door.admit_connection(
                 transport.get_extra_info("peername") or ("?", 0), TEAMS, self.shell.loop.time(), transport):
             transport.abort()  # outside Teams' ranges, banned or over a limit: not even a TLS handshake
             return
@@ -153,8 +155,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
             return  # keep-alive noise on UDP
-        guard = getattr(self.shell.proxy, "guard", None)
-        if guard is not None and not guard.admit_address(addr[0], self.leg, self.shell.loop.time()):
+        if not self.shell.door.admit_address(addr[0], self.leg, self.shell.loop.time()):
             return  # not a configured PBX or banned: dropped before parsing, counted
         self.shell.deliver(data, Source(self.leg, "udp", (addr[0], addr[1])))
 
@@ -163,14 +164,15 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 
 class Shell:
-    def __init__(self, config: Config, proxy: Proxy, server_ctx: ssl.SSLContext,
-                 client_ctx: ssl.SSLContext, media: Any = None, observer: Observer | None = None):
+    def __init__(self, config: Config, proxy: Proxy, door: Door, server_ctx: ssl.SSLContext,
+                 client_ctx: ssl.SSLContext, *, observers: Observers, media: MediaPool | None = None):
         self.config = config
         self.proxy = proxy
+        self.door = door
         self.server_ctx = server_ctx
         self.client_ctx = client_ctx
-        self.media = media  # something with `async request(command) -> dict` (media.pool)
-        self.observer = observer or proxy.observer
+        self.media = media
+        self.observer = observers  # call events and SIP on the wire go out to them
         self.loop = asyncio.get_running_loop()
         self.conns: set[StreamConn] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -233,8 +235,9 @@ class Shell:
     def _sent(self, data: bytes, leg: str, transport: str, local: tuple, remote: tuple) -> None:
         self.observer.sip("out", leg, transport, local, remote, data, time.time())
 
-    def dispatch(self, sends: list) -> None:
-        for s in sends:
+    def dispatch(self, outputs: list) -> None:
+        """Carry out what the core returned (send, ask rtpengine) and publish its call events."""
+        for s in outputs:
             if isinstance(s, MediaCall):
                 self.loop.create_task(self._run_media(s))
                 continue
@@ -243,6 +246,11 @@ class Shell:
                 self._send_to_source(s.data, to)
             else:
                 self._send_to_destination(s.data, to, s.token)
+        events = self.proxy.next_events()
+        if events:
+            wall = time.time()
+            for ev in events:
+                self.observer.deliver(ev, wall)
         self._rearm()
 
     def _rearm(self) -> None:
@@ -266,7 +274,7 @@ class Shell:
                         call.command.get("call-id"))
         else:
             if call.command.get("command") == "delete":
-                self.observer.media_deleted(str(call.command.get("call-id")), result)
+                self.observer.deliver(parse_stats(str(call.command.get("call-id")), result), time.time())
         if call.op is not None:
             self.dispatch(self.proxy.media_done(call.op, result, self.loop.time()))
 
@@ -289,8 +297,7 @@ class Shell:
         except (OSError, asyncio.TimeoutError, ConnectionError) as e:
             self.stats["tls_failures"] += 1
             log.warning("TLS handshake from %s:%d refused: %s", peer[0], peer[1], _describe(e))
-            if getattr(self.proxy, "guard", None) is not None:
-                self.proxy.guard.handshake_failed(peer, self.loop.time())
+            self.door.handshake_failed(peer, self.loop.time())
             raw.close()
             return
         if tls is None:
@@ -300,8 +307,7 @@ class Shell:
         if problem:
             self.stats["tls_failures"] += 1
             log.warning("TLS peer %s:%d refused: %s", peer[0], peer[1], problem)
-            if getattr(self.proxy, "guard", None) is not None:
-                self.proxy.guard.handshake_failed(peer, self.loop.time())
+            self.door.handshake_failed(peer, self.loop.time())
             tls.abort()
             return
         self.stats["tls_handshakes"] += 1

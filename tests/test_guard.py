@@ -13,8 +13,9 @@ import pytest
 
 from teamsbc import config as cfg
 from teamsbc.app import build
+from teamsbc.events import CallStarted
 from teamsbc.guard import Guard
-from teamsbc.proxy import PBX, TEAMS, Destination, Drop, Reply, Source
+from teamsbc.decisions import PBX, TEAMS, Destination, Drop, Reply, Source
 from teamsbc.sip.message import parse_message
 
 from .test_proxy import PBX_SRC, SDP, TEAMS_SRC, pbx_invite, response_to, teams_invite
@@ -140,10 +141,10 @@ def test_unknown_pbx_source_is_dropped_silently_and_counted(tmp_path):
     proxy = proxy_for(tmp_path)
     assert proxy.receive(pbx_invite(), Source(PBX, "udp", STRANGER), 0.0) == []
     assert proxy.receive(options("x1"), Source(PBX, "tcp", STRANGER, conn=object()), 0.0) == []
-    assert proxy.guard.counters == {"unknown_source": 2}
+    assert proxy.gate.counters == {"unknown_source": 2}
     assert proxy.active_transactions == 0
-    assert not proxy.guard.admit_address("192.0.2.66", PBX, 0.0)  # the UDP socket asks first
-    assert not proxy.guard.admit_connection(STRANGER, PBX, 0.0, Handle())  # TCP: closed at accept
+    assert not proxy.gate.admit_address("192.0.2.66", PBX, 0.0)  # the UDP socket asks first
+    assert not proxy.gate.admit_connection(STRANGER, PBX, 0.0, Handle())  # TCP: closed at accept
     # the PBX itself is untouched
     assert statuses(proxy.receive(pbx_invite(), PBX_SRC, 0.0)) == [100, "INVITE"]
 
@@ -153,9 +154,9 @@ def test_403_policy_answers_then_bans(tmp_path):
     src = Source(PBX, "udp", STRANGER)
     for i in range(3):
         assert statuses(proxy.receive(options(f"b{i}"), src, float(i))) == [403]
-    assert proxy.guard.counters["refused_403"] == 3 and proxy.guard.counters["bans"] == 1
+    assert proxy.gate.counters["refused_403"] == 3 and proxy.gate.counters["bans"] == 1
     assert proxy.receive(options("b9"), src, 3.0) == []       # banned: nothing at all
-    assert proxy.guard.counters["banned"] == 1
+    assert proxy.gate.counters["banned"] == 1
     assert statuses(proxy.receive(options("b10"), src, 64.0)) == [403]  # the ban expired
     assert statuses(proxy.receive(pbx_invite(), PBX_SRC, 3.0)) == [100, "INVITE"]
 
@@ -164,17 +165,17 @@ def test_scanner_user_agents_are_dropped_but_the_pbx_is_not_judged(tmp_path):
     proxy = proxy_for(tmp_path, security={"unknown_source": "403", "ban_after": 2})
     for i, ua in enumerate(("friendly-scanner", "sipcli/v1.8", "SIPVicious/0.3.4")):
         assert proxy.receive(options(f"u{i}", ua), Source(PBX, "udp", (f"192.0.2.{i}", 5060)), 0.0) == []
-    assert proxy.guard.counters["scanner_user_agent"] == 3
+    assert proxy.gate.counters["scanner_user_agent"] == 3
     # one failure each: not banned yet; a second one from the same address bans it
     proxy.receive(options("u9", "friendly-scanner"), Source(PBX, "udp", ("192.0.2.0", 5060)), 0.0)
-    assert proxy.guard.counters["bans"] == 1
+    assert proxy.gate.counters["bans"] == 1
     # a PBX whose vendor string matches a pattern still gets its calls through
     inv = pbx_invite(extra="User-Agent: PortSIP VoIP SDK 11.2\r\n")
     assert statuses(proxy.receive(inv, PBX_SRC, 0.0)) == [100, "INVITE"]
     # Teams never sends such a User-Agent: dropped, counted, never banned
     opt = options("t1", "friendly-scanner").replace(b"sip:100@10.0.0.5", b"sip:sbc.example.com:5061")
     assert proxy.receive(opt, TEAMS_SRC, 0.0) == []
-    assert proxy.guard.counters["scanner_user_agent"] == 5 and proxy.guard.counters["bans"] == 1
+    assert proxy.gate.counters["scanner_user_agent"] == 5 and proxy.gate.counters["bans"] == 1
 
 
 def test_a_stranger_flood_cannot_starve_the_pbx_or_teams(tmp_path):
@@ -188,7 +189,7 @@ def test_a_stranger_flood_cannot_starve_the_pbx_or_teams(tmp_path):
         answered += len(proxy.receive(options(f"f{i}"), src, now))
         sent += 1
     assert answered <= 20 + 400 + 5  # per-address burst + the strangers' shared burst (+ refill)
-    drops = proxy.guard.counters
+    drops = proxy.gate.counters
     assert drops["rate_limited"] + drops["strangers_rate_limited"] + drops["banned"] == sent - answered
     for n in range(50):  # the PBX, at the same instant
         out = proxy.receive(pbx_invite(f"z9hG4bKp{n}").replace(b"call-1@", f"call-{n}@".encode()), PBX_SRC, now)
@@ -206,7 +207,7 @@ def test_pbx_and_teams_buckets_answer_503_for_new_requests_only(tmp_path):
     out = proxy.receive(pbx_invite("z9hG4bKq2").replace(b"call-1@", b"call-2@"), PBX_SRC, 0.0)
     resp = parse_message(out[0].data)
     assert resp.status == 503 and resp.headers.get("retry-after") == "30"
-    assert proxy.guard.counters == {"rate_limited_pbx": 1}
+    assert proxy.gate.counters == {"rate_limited_pbx": 1}
     # in-dialog requests are never limited (a call in progress must be able to end)
     bye = ("BYE sip:api@sip-du-a-eu.pstnhub.microsoft.com SIP/2.0\r\n"
            "Via: SIP/2.0/UDP 10.0.0.10:5060;branch=z9hG4bKbye1;rport\r\n"
@@ -230,10 +231,10 @@ def test_concurrent_calls_total_limit_503_with_retry_after_and_release(tmp_path)
     resp = parse_message(third[0].data)
     assert (resp.status, resp.headers.get("retry-after")) == (503, "30")
     assert len(third) == 1  # no 100 Trying first: Teams fails over to another SBC (reference 6)
-    assert proxy.guard.counters == {"calls_total": 1}
+    assert proxy.gate.counters == {"calls_total": 1}
     # the first call is declined by Teams: its capacity is free again
     proxy.receive(response_to(outs[0][1].data, 486, "Busy Here"), TEAMS_SRC, 0.2)
-    assert proxy.guard.calls.count() == 1
+    assert proxy.gate.calls.count() == 1
     again = proxy.receive(teams_invite("z9hG4bKteams2"), TEAMS_SRC, 0.3)
     assert statuses(again) == [100, "INVITE"]
     # the second call is answered, then ended with a BYE
@@ -241,7 +242,7 @@ def test_concurrent_calls_total_limit_503_with_retry_after_and_release(tmp_path)
                      rr=["<sip:sip-du-a-eu.pstnhub.microsoft.com:5061;transport=tls;lr>"]
                      + parse_message(outs[1][1].data).headers.get_all("record-route"), body=SDP)
     proxy.receive(ok, TEAMS_SRC, 0.4)
-    assert proxy.guard.calls.count() == 2
+    assert proxy.gate.calls.count() == 2
     bye = ("BYE sip:api-du@sip-du-a-eu.pstnhub.microsoft.com SIP/2.0\r\n"
            "Via: SIP/2.0/UDP 10.0.0.10:5060;branch=z9hG4bKbye2;rport\r\n"
            "Route: <sip:10.0.0.5:5060;lr;r2=on>, <sip:sbc.example.com:5061;transport=tls;lr;r2=on>, "
@@ -249,7 +250,7 @@ def test_concurrent_calls_total_limit_503_with_retry_after_and_release(tmp_path)
            "Max-Forwards: 70\r\nFrom: <sip:1@10.0.0.10>;tag=pbxtag\r\nTo: <sip:2@x>;tag=teamstag\r\n"
            "Call-ID: call-1@10.0.0.10\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
     proxy.receive(bye, PBX_SRC, 0.5)
-    assert proxy.guard.calls.count() == 1
+    assert proxy.gate.calls.count() == 1
 
 
 def test_calls_idle_for_too_long_stop_counting(tmp_path):
@@ -258,9 +259,9 @@ def test_calls_idle_for_too_long_stop_counting(tmp_path):
     assert statuses(proxy.receive(teams_invite(), TEAMS_SRC, 1.0)) == [503]
     # the INVITE's transactions time out meanwhile (408 upstream ends the call) - so take a
     # call that was answered and whose BYE got lost: started, never ended
-    proxy.guard.calls.call_started("lost", "pbx->teams", None, "", "", 0.0)
-    proxy.guard.calls.active.pop("call-1@10.0.0.10", None)
-    proxy.guard.calls.per_tenant["sbc.example.com"] = 1
+    proxy.gate.track(CallStarted("lost", "pbx->teams", None, "", ""), 0.0)
+    proxy.gate.calls.active.pop("call-1@10.0.0.10", None)
+    proxy.gate.calls.per_tenant["sbc.example.com"] = 1
     assert statuses(proxy.receive(teams_invite("z9hG4bKt3"), TEAMS_SRC, 100.0)) == [100, "INVITE"]
 
 
@@ -276,7 +277,7 @@ def test_concurrent_calls_per_tenant(tmp_path):
     # the PBX of tenant alpha calls out: counted for alpha too
     out = proxy.receive(pbx_invite("z9hG4bKpa"), Source(PBX, "udp", ("10.0.1.10", 5060)), 0.0)
     assert statuses(out) == [503]
-    assert proxy.guard.counters == {"calls_tenant": 2}
+    assert proxy.gate.counters == {"calls_tenant": 2}
 
 
 # ------------------------------------------------------------------ limits and memory
@@ -289,12 +290,12 @@ def test_lowered_parser_limits_answer_like_the_parser(tmp_path):
     big = pbx_invite(extra=f"X-Pad: {'a' * 1200}\r\n")
     resp = parse_message(proxy.receive(big, PBX_SRC, 0.0)[0].data)
     assert (resp.status, resp.reason) == (513, "Message too large")
-    assert proxy.guard.counters == {"malformed": 2}
+    assert proxy.gate.counters == {"malformed": 2}
 
 
 def test_tables_stay_bounded_under_a_spoofed_source_flood(tmp_path):
     proxy = proxy_for(tmp_path, security={"unknown_source": "403", "max_sources": 100, "ban_after": 2})
-    g = proxy.guard
+    g = proxy.gate
     for i in range(5000):
         src = Source(PBX, "udp", (f"172.{16 + i // 65536 % 16}.{i // 256 % 256}.{i % 256}", 5060))
         proxy.receive(options(f"s{i}", "friendly-scanner" if i % 3 == 0 else None), src, i * 0.001)
@@ -306,14 +307,14 @@ def test_tables_stay_bounded_under_a_spoofed_source_flood(tmp_path):
 
 
 def test_counters_are_reported_by_the_core_clock(tmp_path, caplog):
-    router, proxy = build(make(tmp_path, security={"report_interval": 5}), 0.0)
+    router, proxy, _ = build(make(tmp_path, security={"report_interval": 5}), 0.0)
     assert proxy.next_timer() == 5.0
     proxy.receive(pbx_invite(), Source(PBX, "udp", STRANGER), 1.0)
     with caplog.at_level(logging.INFO, logger="teamsbc.guard"):
         assert proxy.handle_timer(5.0) == []
     assert 'guard counters: {"unknown_source": 1}' in caplog.text
     assert proxy.next_timer() == 10.0
-    assert proxy.guard.drops is proxy.guard.counters  # what teamsbc.metrics reads
+    assert proxy.gate.drops is proxy.gate.counters  # what teamsbc.metrics reads
 
 
 # ------------------------------------------------------------------ topology hiding (item 6)

@@ -9,7 +9,7 @@ import pytest
 
 from teamsbc import config as cfg
 from teamsbc.app import build
-from teamsbc.proxy import PBX, TEAMS, Destination, Source
+from teamsbc.decisions import PBX, TEAMS, Destination, Source
 from teamsbc.sip.message import parse_message
 from teamsbc.teams import X_MS_SBC, decode_contact
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from teamsbc.app import build
-from teamsbc.proxy import PBX, TEAMS, MediaCall, Send, Source
+from teamsbc.decisions import PBX, TEAMS, MediaCall, Send, Source
 from teamsbc.sip.message import parse_message
 
 from .test_proxy import PBX_SRC, SDP, TEAMS_SRC, pbx_invite, response_to, teams_invite

@@ -10,7 +10,7 @@ from teamsbc import __version__
 from teamsbc import config as cfg
 from teamsbc.app import build
 from teamsbc.health import COOLING, DOWN, UP, HealthBook
-from teamsbc.proxy import PBX, TEAMS, Destination, Source
+from teamsbc.decisions import PBX, TEAMS, Destination, Source
 from teamsbc.sip.message import parse_message
 
 from .test_proxy import PBX_SRC, SDP, TEAMS_SRC, pbx_invite, response_to, teams_invite
@@ -80,7 +80,7 @@ def test_teams_options_alarm_once(caplog):
 # ---------------------------------------------------------------- pinger
 def test_options_to_each_teams_proxy_and_the_pbx_at_start_then_on_interval(tmp_path):
     conf = make(tmp_path, teams={"options_interval": 60}, pbx={"options_interval": 30})
-    router, proxy = build(conf, 100.0, keepalive=True)
+    router, proxy, _ = build(conf, 100.0, keepalive=True)
     assert proxy.next_timer() == 100.0
     out = parsed(proxy.handle_timer(100.0))
     dests = [d for d, _, _ in out]
@@ -114,14 +114,14 @@ def test_options_to_each_teams_proxy_and_the_pbx_at_start_then_on_interval(tmp_p
 
 
 def test_allow_refer_when_transfer_enabled(tmp_path):
-    router, proxy = build(make(tmp_path, teams={"allow_refer": True}), 0.0, keepalive=True)
+    router, proxy, _ = build(make(tmp_path, teams={"allow_refer": True}), 0.0, keepalive=True)
     opt = parsed(proxy.handle_timer(0.0))[0][1]
     assert opt.headers.get("allow").endswith("REFER")
 
 
 def test_unanswered_ping_marks_peer_down_and_calls_skip_it(tmp_path):
     conf = make(tmp_path, teams={"options_timeout": 2}, pbx={"options_interval": 0})
-    router, proxy = build(conf, 0.0, keepalive=True)
+    router, proxy, _ = build(conf, 0.0, keepalive=True)
     out = parsed(proxy.handle_timer(0.0))
     for _, req, _ in out[1:]:  # sip2 and sip3 answer, sip does not
         proxy.receive(response_to(req.to_bytes(), 200, "OK"), TEAMS_SRC, 0.05)
@@ -134,7 +134,7 @@ def test_unanswered_ping_marks_peer_down_and_calls_skip_it(tmp_path):
 
 
 def test_transport_failure_of_a_call_marks_teams_proxy_down(tmp_path):
-    router, proxy = build(make(tmp_path))
+    router, proxy, _ = build(make(tmp_path))
     first = proxy.receive(pbx_invite(), PBX_SRC, 0.0)[1]
     proxy.transport_failed(first.token, 0.1)
     assert router.health.peers["sip.pstnhub.microsoft.com"].state == DOWN
@@ -142,7 +142,7 @@ def test_transport_failure_of_a_call_marks_teams_proxy_down(tmp_path):
 
 
 def test_503_retry_after_cools_a_proxy_then_it_is_used_again(tmp_path):
-    router, proxy = build(make(tmp_path))
+    router, proxy, _ = build(make(tmp_path))
     first = proxy.receive(pbx_invite("z9hG4bKc1"), PBX_SRC, 0.0)[1]
     resp = response_to(first.data, 503, "Service Unavailable").replace(
         b"Content-Length: 0", b"Retry-After: 10\r\nContent-Length: 0")
@@ -157,7 +157,7 @@ def test_503_retry_after_cools_a_proxy_then_it_is_used_again(tmp_path):
 def test_pbx_down_means_503_at_once_for_teams_calls_and_optionally_for_options(tmp_path):
     conf = make(tmp_path, teams={"options_503_when_pbx_down": True, "options_interval": 0},
                 pbx={"options_interval": 5, "options_timeout": 1})
-    router, proxy = build(conf, 0.0, keepalive=True)
+    router, proxy, _ = build(conf, 0.0, keepalive=True)
     proxy.handle_timer(0.0)
     proxy.handle_timer(1.0)  # the PBX did not answer its OPTIONS
     assert router.health.peers["pbx 10.0.0.10:5060"].state == DOWN
@@ -182,7 +182,7 @@ def tenants_conf(tmp_path):
 
 
 def test_teams_call_to_a_tenant_fqdn_reaches_its_pbx(tmp_path):
-    router, proxy = build(tenants_conf(tmp_path))
+    router, proxy, _ = build(tenants_conf(tmp_path))
     inv = teams_invite().replace(b"@sbc.example.com:5061;user=phone;transport=tls SIP/2.0",
                                  b"@alpha.sbc.example.com:5061;user=phone;transport=tls SIP/2.0")
     out = parsed(proxy.receive(inv, TEAMS_SRC, 0.0))
@@ -197,7 +197,7 @@ def test_teams_call_to_a_tenant_fqdn_reaches_its_pbx(tmp_path):
 
 
 def test_pbx_calls_carry_their_tenant_fqdn_by_trunk_or_number(tmp_path):
-    router, proxy = build(tenants_conf(tmp_path))
+    router, proxy, _ = build(tenants_conf(tmp_path))
     alpha_src = Source(PBX, "udp", ("10.0.1.10", 5060))
     inv = parsed(proxy.receive(pbx_invite(), alpha_src, 0.0))[1][1]
     assert inv.headers.get_all("record-route")[0] == "<sip:alpha.sbc.example.com:5061;transport=tls;lr;r2=on>"
@@ -211,7 +211,7 @@ def test_pbx_calls_carry_their_tenant_fqdn_by_trunk_or_number(tmp_path):
 
 
 def test_options_only_for_the_base_fqdn(tmp_path):
-    router, proxy = build(tenants_conf(tmp_path), 0.0, keepalive=True)
+    router, proxy, _ = build(tenants_conf(tmp_path), 0.0, keepalive=True)
     out = parsed(proxy.handle_timer(0.0))
     teams_opts = [m for d, m, _ in out if d.leg == TEAMS]
     assert len(teams_opts) == 3

@@ -8,20 +8,14 @@ Tags and per-side options come from sdp_policy (reference rtpengine.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ..config import MediaSection
+from ..decisions import MediaStep
 from ..sip.message import Message, Request, Response
 from . import sdp_policy
 
 SDP_TYPE = "application/sdp"
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    command: dict[str, Any]
-    wait: bool            # True: relay the message only with the SDP from the reply
 
 
 def sdp_of(msg: Message) -> str | None:
@@ -41,6 +35,8 @@ def _tags(msg: Message) -> tuple[str, str | None]:
 
 
 class MediaAnchor:
+    """The MediaPlanner of decisions.py."""
+
     def __init__(self, settings: MediaSection):
         self.s = settings
 
@@ -53,15 +49,15 @@ class MediaAnchor:
             kw["hold_inactive"] = self.s.hold_inactive
         return kw
 
-    def for_request(self, req: Request, toward: str) -> Step | None:
+    def for_request(self, req: Request, toward: str) -> MediaStep | None:
         call_id = req.call_id
         if req.method == "BYE":
             # with both tags rtpengine still deletes the whole call and answers with its
             # per-stream statistics (for the call detail record)
             f, t = _tags(req)
-            return Step(sdp_policy.delete(call_id, f or None, t), wait=False)
+            return MediaStep(sdp_policy.delete(call_id, f or None, t), wait=False)
         if req.method == "CANCEL":
-            return Step(sdp_policy.delete(call_id), wait=False)
+            return MediaStep(sdp_policy.delete(call_id), wait=False)
         sdp = sdp_of(req)
         if sdp is None:
             return None  # offerless re-INVITE: the offer comes in the 200, the answer in the ACK
@@ -69,17 +65,17 @@ class MediaAnchor:
         if req.method in ("INVITE", "UPDATE"):
             initial = t is None
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=True, is_offer=True)
-            return Step(sdp_policy.offer(
+            return MediaStep(sdp_policy.offer(
                 sdp, call_id, from_tag, toward, to_tag=to_tag, codecs_to_pbx=self.s.pbx_codecs,
                 interfaces=self.s.interfaces if initial else None, initial=initial,
                 **self._offer_kw(toward)), wait=True)
         if req.method == "ACK" and t is not None:
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=True, is_offer=False)
-            return Step(sdp_policy.answer(sdp, call_id, from_tag, to_tag or "", toward,
+            return MediaStep(sdp_policy.answer(sdp, call_id, from_tag, to_tag or "", toward,
                                           **self._side_kw(toward)), wait=True)
         return None
 
-    def for_response(self, resp: Response, request: Request, toward: str) -> Step | None:
+    def for_response(self, resp: Response, request: Request, toward: str) -> MediaStep | None:
         if request.method not in ("INVITE", "UPDATE") or not (180 <= resp.status < 300):
             return None
         sdp = sdp_of(resp)
@@ -90,18 +86,18 @@ class MediaAnchor:
             return None  # a 18x/2xx without To tag is malformed: rtpengine would pick wrong ports
         if sdp_of(request) is not None:
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=False)
-            return Step(sdp_policy.answer(sdp, request.call_id, from_tag, to_tag or "", toward,
+            return MediaStep(sdp_policy.answer(sdp, request.call_id, from_tag, to_tag or "", toward,
                                           **self._side_kw(toward)), wait=True)
         # the 200 of an offerless re-INVITE carries the offer (tags swap: the callee offers)
         from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=True)
-        return Step(sdp_policy.offer(sdp, request.call_id, from_tag, toward, to_tag=to_tag,
+        return MediaStep(sdp_policy.offer(sdp, request.call_id, from_tag, toward, to_tag=to_tag,
                                      codecs_to_pbx=self.s.pbx_codecs, initial=False,
                                      **self._offer_kw(toward)), wait=True)
 
-    def for_failed_call(self, request: Request) -> Step | None:
+    def for_failed_call(self, request: Request) -> MediaStep | None:
         """A new call that ended without answer: its rtpengine session goes too."""
         if request.method == "INVITE" and request.to_addr.tag is None and sdp_of(request) is not None:
-            return Step(sdp_policy.delete(request.call_id), wait=False)
+            return MediaStep(sdp_policy.delete(request.call_id), wait=False)
         return None
 
     def sdp_problem(self, sdp: str, toward: str, transport: str) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .errors import ProtocolError
 from .grammar import MAGIC_COOKIE
 from .message import Headers, Request, Response
 
@@ -62,3 +63,38 @@ def build_ack(request: Request, response: Response) -> Request:
                        from_=request.headers.get("from") or "", to=response.headers.get("to") or "",
                        call_id=request.headers.get("call-id") or "", cseq=request.cseq.number,
                        routes=request.headers.get_all("route"))
+
+
+def bare_error_response(data: bytes, err: ProtocolError) -> bytes | None:
+    """`400 <reason>` (the error's status) built from the raw header lines of a request that
+    did not parse, when the headers a response needs (8.2.6.2) can be found; None otherwise
+    (responses are never answered)."""
+    head = data.split(b"\r\n\r\n", 1)[0][:8192]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    if not lines or lines[0].startswith("SIP/") or " " not in lines[0]:
+        return None
+    wanted: dict[str, list[str]] = {"via": [], "v": [], "from": [], "f": [], "to": [], "t": [],
+                                    "call-id": [], "i": [], "cseq": []}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        k = name.strip().lower()
+        if colon and k in wanted:
+            wanted[k].append(value.strip())
+    vias = wanted["via"] + wanted["v"]
+    fr = (wanted["from"] + wanted["f"])[:1]
+    to = (wanted["to"] + wanted["t"])[:1]
+    cid = (wanted["call-id"] + wanted["i"])[:1]
+    cseq = wanted["cseq"][:1]
+    if not (vias and fr and to and cid and cseq):
+        return None
+    if any(c in v for v in vias + fr + to + cid + cseq for c in "\r\n\0"):
+        return None
+    out = [f"SIP/2.0 {err.status} {err.reason}"]
+    out += [f"Via: {v}" for v in vias]
+    out += [f"From: {fr[0]}", f"To: {to[0]}", f"Call-ID: {cid[0]}", f"CSeq: {cseq[0]}",
+            "Content-Length: 0", "", ""]
+    return "\r\n".join(out).encode()

@@ -66,6 +66,15 @@ MANDATORY_HEADERS = ("via", "from", "to", "call-id", "cseq")
 
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 8.1.1.7
 
+# Methods of RFC 3261 and its extensions (3262, 3265, 3311, 3428, 3515, 3903, 6086). Counters
+# keyed by method use "other" for anything else: attacker-chosen tokens must not grow a table.
+KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
+                           "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
 
 def canonical(name_lower: str) -> str:
     return CANONICAL_NAMES.get(name_lower) or "-".join(p.capitalize() for p in name_lower.split("-"))

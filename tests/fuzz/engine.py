@@ -25,7 +25,7 @@ from pathlib import Path
 
 from teamsbc import config as cfg
 from teamsbc.app import build
-from teamsbc.proxy import PBX, TEAMS, Destination, MediaCall, Source
+from teamsbc.decisions import PBX, TEAMS, Destination, MediaCall, Source
 from teamsbc.sip.errors import ParseError
 from teamsbc.sip.message import KEEPALIVE_PING, Request, StreamFramer, parse_message
 
@@ -229,7 +229,7 @@ class Fuzzer:
         self.rng = random.Random(seed)
         self.tmp = tmp or Path(tempfile.mkdtemp(prefix="teamsbc-fuzz-"))
         self.config = config or fuzz_config(self.tmp)
-        self.router, self.proxy = build(self.config, 0.0)
+        self.router, self.proxy, self.guard = build(self.config, 0.0)
         self.now = 0.0
         self.pool = [p.read_bytes() for p in SEEDS + RFC4475]
         self.regressions = [p.read_bytes() for p in CORPUS]
@@ -346,14 +346,14 @@ class Fuzzer:
                 tracemalloc.stop()
         self.report.seconds = time.perf_counter() - t0
         self.report.tables_after = self.tables()
-        self.report.guard = dict(self.proxy.guard.counters)
+        self.report.guard = dict(self.proxy.gate.counters)
         return self.report
 
     def drain(self) -> None:
         """Let every timer run out (transactions end, failover deadlines pass)."""
         for _ in range(400):
             due = self.proxy.next_timer()
-            pending = [t for t in self.proxy._timers if not t[2] is self.proxy.guard]
+            pending = [t for t in self.proxy._timers if not t[2] is self.proxy.gate]
             if not pending:
                 break
             self.tick(max(1.0, (due or self.now) - self.now + 0.001))
@@ -363,7 +363,7 @@ class Fuzzer:
         p = self.proxy
         return {"server": len(p._server), "client": len(p._client), "relays": len(p._relays),
                 "media_ops": len(p._media_ops),
-                "timers": sum(1 for t in p._timers if t[2] is not p.guard and not t[2].terminated)}
+                "timers": sum(1 for t in p._timers if t[2] is not p.gate and not t[2].terminated)}
 
 
 def build_response(req: Request, status: int, rng: random.Random) -> bytes:
