@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import time
@@ -40,8 +39,11 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .addresses import AddressError, HostPort, parse_hostport
-from .cdr import CdrObserver, CdrSettings, CdrStore, CdrWriter
+from .addresses import HostPort
+from .admin_settings import AdminConfigError, AdminSettings, exposure_problem
+from .cdr.settings import CdrSettings
+from .cdr.store import CdrStore
+from .cdr.writer import CdrObserver, CdrWriter
 from .cdr.cli import export_rows, parse_time
 from .capture import CallTracer, CaptureSettings, HepObserver
 from .events import Observers
@@ -49,94 +51,8 @@ from .metrics import CONTENT_TYPE, Metrics, iso
 
 log = logging.getLogger("teamsbc.admin")
 
-DEFAULT_LISTEN = ("127.0.0.1", 8080)
 TOKEN = web.AppKey("teamsbc_admin_token", object)
 API = web.AppKey("teamsbc_admin_api", object)
-
-
-class AdminConfigError(Exception):
-    pass
-
-
-# ---------------------------------------------------------------------- settings
-
-@dataclass(frozen=True, slots=True)
-class AdminSettings:
-    enabled: bool = True
-    listen: HostPort = HostPort(*DEFAULT_LISTEN)
-    token: str | None = None
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def exposure_problem(listen: Any, token: str | None) -> str | None:
-    """Why this admin listener must not start, or None."""
-    if token or is_loopback(listen.host):
-        return None
-    return f"admin.listen {_exposure_text(listen)}"
-
-
-def _exposure_text(listen: Any) -> str:
-    return (f"{listen} is not a loopback address and admin.token is not set: anyone who reaches "
-            f"it could reload certificates and trace calls. Set admin.token (or admin.token_file) "
-            f"to a long random string, or listen on 127.0.0.1")
-
-
-def parse_settings(section: Any, base: Path) -> tuple[AdminSettings, list[tuple[str, str]]]:
-    """The `admin` section -> settings and [(key, problem)] (for config.py's error list).
-    Includes the exposure rule (non-loopback listener without a token)."""
-    errors: list[tuple[str, str]] = []
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        return AdminSettings(), [("admin", "must be a mapping {enabled, listen, token, token_file}")]
-    known = ("enabled", "listen", "token", "token_file")
-    for k in section:
-        if k not in known:
-            errors.append((f"admin.{k}", f"unknown key (known: {', '.join(known)})"))
-    enabled = section.get("enabled", True)
-    if not isinstance(enabled, bool):
-        errors.append(("admin.enabled", f"must be true or false, got {enabled!r}"))
-        enabled = True
-    listen = HostPort(*DEFAULT_LISTEN)
-    v = section.get("listen")
-    if v is not None:
-        try:
-            listen = parse_hostport(v)
-        except AddressError as e:
-            errors.append(("admin.listen", f"{e} (e.g. 127.0.0.1:8080)"))
-    token = section.get("token")
-    if token is not None and (not isinstance(token, str) or len(token) < 16):
-        errors.append(("admin.token", "must be a string of at least 16 characters (e.g. `openssl rand -hex 24`)"))
-        token = None
-    tf = section.get("token_file")
-    if tf is not None:
-        if token is not None:
-            errors.append(("admin.token_file", "give admin.token or admin.token_file, not both"))
-        elif not isinstance(tf, str):
-            errors.append(("admin.token_file", f"must be a file path, got {tf!r}"))
-        else:
-            p = Path(tf) if Path(tf).is_absolute() else base / tf
-            try:
-                token = p.read_text().strip()
-            except OSError as e:
-                errors.append(("admin.token_file", f"cannot read {p}: {e.strerror}"))
-            else:
-                if len(token) < 16:
-                    errors.append(("admin.token_file", f"{p} must hold at least 16 characters"))
-                    token = None
-    settings = AdminSettings(enabled, listen, token)
-    if enabled and not errors:
-        if exposure_problem(listen, token):
-            errors.append(("admin.listen", _exposure_text(listen)))
-    return settings, errors
 
 
 # ---------------------------------------------------------------------- the app

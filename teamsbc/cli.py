@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .admin import AdminConfigError
     from .app import serve
-    from .cdr import CdrError
+    from .cdr.settings import CdrError
     try:
         asyncio.run(serve(c))
     except TlsConfigError as e:

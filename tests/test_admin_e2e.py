@@ -40,7 +40,7 @@ import pytest
 import yaml
 
 from teamsbc.admin import AdminConfigError, make_admin_app, start_admin
-from teamsbc.cdr import COLUMNS
+from teamsbc.cdr.store import COLUMNS
 from teamsbc.addresses import HostPort
 from teamsbc.metrics import Metrics
 from teamsbc.tls import days_left

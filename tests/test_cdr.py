@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from teamsbc.cdr import (COLUMNS, SCHEMA_VERSION, CdrError, CdrObserver, CdrStore, CdrWriter,
-                         media_columns, parse_settings, settings_from_config_file)
+from teamsbc.cdr.settings import CdrError, parse_cdr, settings_from_config_file
+from teamsbc.cdr.store import COLUMNS, MIGRATIONS, SCHEMA_VERSION, CdrStore, media_columns
+from teamsbc.cdr.writer import CdrObserver, CdrWriter
+from teamsbc.settings import SettingsReader
 from teamsbc.cdr.cli import format_rows, main as cdr_main
 from teamsbc.media.stats import parse_stats
 
@@ -64,7 +66,6 @@ def test_migrations_run_once_in_order_and_keep_rows(tmp_path):
     obs.call_started("a@x", "pbx->teams", None, "+441", "+442", 100.0)
     obs.writer.close()
     v2 = [(2, ["ALTER TABLE calls ADD COLUMN note TEXT", "UPDATE calls SET note = 'migrated'"])]
-    from teamsbc.cdr import MIGRATIONS
     store = CdrStore(path, migrations=MIGRATIONS + v2)
     assert store.version == 2
     assert store.db.execute("SELECT call_id, note FROM calls").fetchall() == [("a@x", "migrated")]
@@ -138,7 +139,8 @@ def test_rows_survive_sigkill(tmp_path):
     script = f"""
 import os, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
-from teamsbc.cdr import CdrStore, CdrObserver, CdrWriter
+from teamsbc.cdr.store import CdrStore
+from teamsbc.cdr.writer import CdrObserver, CdrWriter
 obs = CdrObserver(CdrWriter(CdrStore({str(path)!r})))
 for i in range(51):
     obs.call_started(f"c{{i}}", "pbx->teams", None, "+441", "+442", 1000.0 + i)
@@ -175,7 +177,8 @@ def test_sigkill_mid_stream_loses_nothing_committed_and_at_most_the_last_batch(t
     script = f"""
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
-from teamsbc.cdr import CdrStore, CdrObserver, CdrWriter
+from teamsbc.cdr.store import CdrStore
+from teamsbc.cdr.writer import CdrObserver, CdrWriter
 def report(n):
     sys.stdout.write(f"committed {{n}}\\n"); sys.stdout.flush()
 obs = CdrObserver(CdrWriter(CdrStore({str(path)!r}), on_commit=report))
@@ -343,12 +346,13 @@ def test_media_stats_from_a_real_rtpengine_delete(procs, tmp_path):
 # --------------------------------------------------------------------------- settings and CLI
 
 def test_settings(tmp_path):
-    s, errors = parse_settings(None, tmp_path)
-    assert errors == [] and s.enabled and s.path == tmp_path / "cdr.sqlite" and s.synchronous == "normal"
-    s, errors = parse_settings({"path": "/var/lib/teamsbc/cdr.sqlite", "synchronous": "full"}, tmp_path)
-    assert errors == [] and s.path == Path("/var/lib/teamsbc/cdr.sqlite") and s.synchronous == "full"
-    _, errors = parse_settings({"path": 3, "synchronous": "sometimes", "enabled": "yes", "pth": "x"}, tmp_path)
-    assert [k for k, _ in errors] == ["cdr.pth", "cdr.enabled", "cdr.path", "cdr.synchronous"]
+    r = SettingsReader("teamsbc.yaml", tmp_path)
+    s = parse_cdr(r, None)
+    assert r.errors == [] and s.enabled and s.path == tmp_path / "cdr.sqlite" and s.synchronous == "normal"
+    s = parse_cdr(r, {"path": "/var/lib/teamsbc/cdr.sqlite", "synchronous": "full"})
+    assert r.errors == [] and s.path == Path("/var/lib/teamsbc/cdr.sqlite") and s.synchronous == "full"
+    parse_cdr(r, {"path": 3, "synchronous": "sometimes", "enabled": "yes", "pth": "x"})
+    assert [e.split(": ")[1] for e in r.errors] == ["cdr.pth", "cdr.enabled", "cdr.path", "cdr.synchronous"]
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..settings import ConfigError, SettingsReader, read_yaml
+
 DEFAULT_PATH = "cdr.sqlite"
 
 
@@ -25,46 +27,37 @@ class CdrSettings:
     synchronous: str = "normal"     # normal | full
 
 
-def parse_settings(section: Any, base: Path) -> tuple[CdrSettings, list[tuple[str, str]]]:
-    """The `cdr` section -> settings and [(key, problem)] (for config.py's error list)."""
-    errors: list[tuple[str, str]] = []
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        return CdrSettings(path=base / DEFAULT_PATH), [("cdr", "must be a mapping {enabled, path, synchronous}")]
-    for k in section:
-        if k not in ("enabled", "path", "synchronous"):
-            errors.append((f"cdr.{k}", "unknown key (known: enabled, path, synchronous)"))
-    enabled = section.get("enabled", True)
-    if not isinstance(enabled, bool):
-        errors.append(("cdr.enabled", f"must be true or false, got {enabled!r}"))
-        enabled = True
+def parse_cdr(r: SettingsReader, section: Any) -> CdrSettings:
+    """The `cdr` section; a relative path is relative to the config file's directory."""
+    if section is not None and not isinstance(section, dict):
+        r.err("cdr", "must be a mapping {enabled, path, synchronous}")
+        return CdrSettings(path=r.base / DEFAULT_PATH)
+    section = r.mapping(section, "cdr", ("enabled", "path", "synchronous"))
+    enabled = r.bool_(section, "cdr", "enabled", True)
     p = section.get("path", DEFAULT_PATH)
     if not isinstance(p, str) or not p.strip():
-        errors.append(("cdr.path", f"must be a file path like /var/lib/teamsbc/cdr.sqlite, got {p!r}"))
+        r.err("cdr.path", f"must be a file path like /var/lib/teamsbc/cdr.sqlite, got {p!r}")
         p = DEFAULT_PATH
     path = Path(p)
     if not path.is_absolute():
-        path = base / path
+        path = r.base / path
     sync = section.get("synchronous", "normal")
     if sync not in ("normal", "full"):
-        errors.append(("cdr.synchronous", f"{sync!r} is not one of normal, full"))
+        r.err("cdr.synchronous", f"{sync!r} is not one of normal, full")
         sync = "normal"
-    return CdrSettings(enabled, path, sync), errors
+    return CdrSettings(enabled, path, sync)
 
 
 def settings_from_config_file(config_path: str | Path) -> CdrSettings:
     """Only the `cdr` section of a config file (the rest is not validated: `teamsbc cdr` must
     work on a box whose certificates are missing)."""
-    import yaml
-    p = Path(config_path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise CdrError(f"{p}: cannot read the config: {e}") from None
+        data, r = read_yaml(config_path)
+    except ConfigError as e:
+        raise CdrError("\n".join(e.errors)) from None
     if not isinstance(data, dict):
-        raise CdrError(f"{p}: top level must be a mapping")
-    settings, errors = parse_settings(data.get("cdr"), p.resolve().parent)
-    if errors:
-        raise CdrError("\n".join(f"{p}: {k}: {m}" for k, m in errors))
+        raise CdrError(f"{config_path}: top level must be a mapping")
+    settings = parse_cdr(r, data.get("cdr"))
+    if r.errors:
+        raise CdrError("\n".join(r.errors))
     return settings

@@ -9,21 +9,6 @@ Modules, each one idea:
 - policy: when renewal is due (ARI, else 2/3 of the lifetime)
 - manager: issue/renew/status as functions; cli: the `teamsbc cert` commands
 
-For the running SBC:
-    from teamsbc.certs import TokenStore, live_paths, read_live_pair, expiry_line, renew_async
+Nothing is imported here: `certs.settings` (read by the config) must not pull in the ACME
+library. Import what you need from its module.
 """
-from .challenges import ROUTE as HTTP01_ROUTE
-from .challenges import TokenStore
-from .manager import CertManager, CertTarget, Outcome, expiry_line, issue_async, renew_async
-from .settings import AcmeSettings, parse_acme
-from .store import CertStore, LivePaths, live_paths, read_live_pair
-
-__all__ = ["AcmeSettings", "parse_acme", "TokenStore", "HTTP01_ROUTE", "CertManager",
-           "CertTarget", "Outcome", "expiry_line", "issue_async", "renew_async", "CertStore",
-           "LivePaths", "live_paths", "read_live_pair", "register"]
-
-
-def register(subparsers):
-    """Add the `cert` sub-command to teamsbc's argparse sub-parsers (see cli.register)."""
-    from .cli import register as _register
-    return _register(subparsers)

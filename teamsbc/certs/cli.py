@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..settings import SettingsReader
 from .acme_client import describe_error
 from .manager import DEFAULT_JITTER, LOCK_TIMEOUT, CertManager, CertTarget, Outcome
 from .settings import parse_acme
@@ -38,7 +39,7 @@ def load_target(path: str | Path) -> CertTarget:
     try:
         c = cfg.load(p)
         fqdn, certs_dir, teams_cert = c.sbc.fqdn, c.certs_dir, c.teams.certificate
-        acme = getattr(c, "acme", None)
+        acme = c.acme
     except cfg.ConfigError as e:
         rest = [x for x in e.errors if not _is_missing_cert_file(x)]
         if rest:
@@ -51,11 +52,9 @@ def load_target(path: str | Path) -> CertTarget:
         cd = Path(data.get("certs_dir") or "certs")
         certs_dir = cd if cd.is_absolute() else base / cd
     if acme is None:
-        errors: list[str] = []
-        acme = parse_acme(data.get("acme"), source=str(p), base=base, errors=errors,
-                          sbc_fqdn=fqdn)
-        if errors:
-            raise cfg.ConfigError(errors)
+        r = SettingsReader(str(p), base)
+        acme = parse_acme(r, data.get("acme"), sbc_fqdn=fqdn)
+        r.raise_errors()
     return CertTarget(fqdn, Path(certs_dir), acme, source=str(p), teams_certificate=teams_cert)
 
 

@@ -1,10 +1,9 @@
 """The `acme:` section of the config file -> `AcmeSettings`, validated like teamsbc.config:
 every error is collected as "FILE: acme.key: what is wrong (what is right)".
 
-    errors: list[str] = []
-    acme = parse_acme(data.get("acme"), source=str(path), base=path.parent, errors=errors,
-                      sbc_fqdn="sbc.example.com")
-    if errors: raise ConfigError(errors)
+    r = SettingsReader(str(path), path.parent)
+    acme = parse_acme(r, data.get("acme"), sbc_fqdn="sbc.example.com")
+    r.raise_errors()
 
 This module imports only the ground floor (teamsbc.addresses), so config.py may import it.
 """
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..addresses import AddressError, HostPort, is_ip, parse_hostport
+from ..settings import SettingsReader
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -112,12 +112,13 @@ def default_acme() -> AcmeSettings:
 
 
 class _Errors:
-    def __init__(self, source: str, errors: list[str]):
-        self.source = source
-        self.errors = errors
+    """`err(key, msg)` for keys under `acme.` of a SettingsReader."""
+
+    def __init__(self, r: SettingsReader):
+        self.r = r
 
     def __call__(self, key: str, msg: str) -> None:
-        self.errors.append(f"{self.source}: acme.{key}: {msg}")
+        self.r.err(f"acme.{key}", msg)
 
 
 def _opt_str(d: dict, key: str, where: str, err: _Errors) -> str | None:
@@ -179,18 +180,19 @@ def _listen(v: Any, err: _Errors) -> HostPort | None:
     return hp
 
 
-def parse_acme(section: dict | None, *, source: str, base: Path, errors: list[str],
-               sbc_fqdn: str | None = None) -> AcmeSettings:
-    """Validate the `acme:` mapping (None = absent = all defaults). Errors are appended to
-    ``errors``; the returned settings then hold defaults where a value was wrong.
-    ``base`` resolves relative paths (the config file's directory). With ``sbc_fqdn`` the
-    names are also checked against it (duplicates, wildcard covering it)."""
-    err = _Errors(source, errors)
+def parse_acme(r: SettingsReader, section: Any, sbc_fqdn: str | None = None) -> AcmeSettings:
+    """Validate the `acme:` mapping (None = absent = all defaults). Errors go to the reader;
+    the returned settings then hold defaults where a value was wrong. Relative paths resolve
+    against `r.base` (the config file's directory). With ``sbc_fqdn`` the names are also
+    checked against it (duplicates, wildcard covering it)."""
+    err = _Errors(r)
+    errors = r.errors
+    base = r.base
     start = len(errors)
     if section is None:
         return default_acme()
     if not isinstance(section, dict):
-        errors.append(f"{source}: acme: must be a mapping, got {type(section).__name__}")
+        r.err("acme", f"must be a mapping, got {type(section).__name__}")
         return default_acme()
     for k in section:
         if k not in KNOWN_KEYS:

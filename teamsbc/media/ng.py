@@ -39,12 +39,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from ..addresses import AddressError, grow_receive_buffer, parse_hostport
+from ..addresses import grow_receive_buffer
 from .bencode import BencodeError, decode, encode, to_str_keys
+from .settings import NgAddress, parse_address
 
 __all__ = [
     "NgAddress",
@@ -114,53 +114,6 @@ class NgProtocolError(NgException):
 
 
 # --------------------------------------------------------------------------- addresses
-
-@dataclass(frozen=True, slots=True)
-class NgAddress:
-    scheme: Literal["udp", "http", "ws"]
-    host: str
-    port: int
-    path: str = ""
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        if self.scheme == "udp":
-            return f"udp:{host}:{self.port}"
-        return f"{self.scheme}://{host}:{self.port}{self.path}"
-
-    @property
-    def url(self) -> str:
-        """HTTP: the POST target (``/ng`` unless a path was given); WS: the URL to open."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = "/ng" if self.scheme == "http" else "/"
-        return f"{self.scheme}://{host}:{self.port}{self.path or default}"
-
-
-def parse_address(text: str) -> NgAddress:
-    """``udp:HOST:PORT``, ``http://HOST:PORT[/PATH]`` or ``ws://HOST:PORT[/PATH]``.
-
-    IPv6 hosts in brackets (``udp:[::1]:22222``). Raises ValueError with the reason.
-    """
-    text = text.strip()
-    if text.startswith("udp:") and not text.startswith("udp://"):
-        try:
-            hp = parse_hostport(text[4:])
-        except AddressError as e:
-            raise ValueError(f"{text!r}: expected udp:HOST:PORT ({e})") from None
-        return NgAddress("udp", hp.host, hp.port)
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "ws"):
-        raise ValueError(f"{text!r}: expected udp:HOST:PORT, http://HOST:PORT or ws://HOST:PORT")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{text!r}: no query, fragment or user info allowed")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{text!r}: bad port") from None
-    if not parts.hostname or port is None:
-        raise ValueError(f"{text!r}: expected {parts.scheme}://HOST:PORT (port required)")
-    return NgAddress(parts.scheme, parts.hostname, port, parts.path if parts.path != "/" else "")
-
 
 # --------------------------------------------------------------------------- RTT statistics
 

@@ -36,19 +36,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .ng import (
-    DEFAULT_TIMEOUT,
-    NgAddress,
-    NgClient,
-    NgError,
-    NgException,
-    NgUnavailable,
-    parse_address,
-)
+from .ng import DEFAULT_TIMEOUT, NgClient, NgError, NgException, NgUnavailable
+from .settings import InstanceSpec, parse_address, parse_instance
 
 __all__ = [
-    "InstanceSpec",
-    "parse_instance",
     "Instance",
     "MediaPool",
     "NoMediaAvailable",
@@ -74,51 +65,6 @@ class UnknownCall(NgError):
 
 
 # --------------------------------------------------------------------------- configuration
-
-@dataclass(frozen=True, slots=True)
-class InstanceSpec:
-    address: NgAddress
-    weight: int = 1
-
-    def __str__(self) -> str:
-        return f"{self.address}" if self.weight == 1 else f"{self.address};weight={self.weight}"
-
-
-def parse_instance(spec: str | Mapping[str, Any] | InstanceSpec) -> InstanceSpec:
-    """``udp:127.0.0.1:22222;weight=2`` or ``{"address": "...", "weight": 2}`` -> InstanceSpec.
-
-    Raises ValueError with a message fit for ``teamsbc check``.
-    """
-    if isinstance(spec, InstanceSpec):
-        return spec
-    if isinstance(spec, Mapping):
-        unknown = set(spec) - {"address", "weight"}
-        if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                             "expected address and weight")
-        if "address" not in spec:
-            raise ValueError("missing address (like udp:127.0.0.1:22222)")
-        address, params = str(spec["address"]), {}
-        if "weight" in spec:
-            params["weight"] = spec["weight"]
-    elif isinstance(spec, str):
-        address, *rest = [p.strip() for p in spec.split(";")]
-        params = {}
-        for item in rest:
-            key, sep, value = item.partition("=")
-            if not sep or key.strip() != "weight":
-                raise ValueError(f"{spec!r}: unknown parameter {item!r} (only weight=N)")
-            params["weight"] = value.strip()
-    else:
-        raise ValueError(f"expected a string like udp:127.0.0.1:22222;weight=2, not {type(spec).__name__}")
-    weight = params.get("weight", 1)
-    if isinstance(weight, bool) or not (isinstance(weight, int) or str(weight).isdigit()):
-        raise ValueError(f"{address}: weight must be a whole number >= 0, not {weight!r}")
-    weight = int(weight)
-    if weight > 1000:
-        raise ValueError(f"{address}: weight {weight} is more than 1000")
-    return InstanceSpec(parse_address(address), weight)
-
 
 # --------------------------------------------------------------------------- instances
 
