@@ -56,6 +56,7 @@ from typing import Any, Iterable
 import yaml
 
 from . import config as cfg
+from .certnames import dns_names, teams_name_problem
 from .config import Config, MediaSection
 from .tls import TEAMS_CIPHERS, client_context
 
@@ -583,8 +584,8 @@ class Doctor:
             return Result(FAIL, check, f"{where}: cannot connect: {e.strerror or e}", firewall)
         try:
             cert = writer.get_extra_info("peercert") or {}
-            names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
-            if peer != TEST_ENDPOINT and not set(names) & set(t.require_san):
+            names = dns_names(cert)
+            if peer != TEST_ENDPOINT and teams_name_problem(names, t.require_san):
                 return Result(FAIL, check, f"{where}: certificate names {names} lack {' or '.join(t.require_san)}: "
                                            "the SBC refuses this peer", "check teams.require_san / teams.cloud")
             writer.write(req.to_bytes())

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from .addresses import HostPort, grow_receive_buffer
+from .certnames import dns_names, teams_name_problem
 from .config import Config
 from .events import Observer
 from .proxy import PBX, TEAMS, Destination, MediaCall, Proxy, Send, Source, bare_error_response
@@ -313,13 +314,7 @@ class Shell:
         Teams' certificate has sip.pstnhub.microsoft.com, or the GCC High / DoD name)."""
         if not cert:
             return "no client certificate (Teams always presents one)"
-        names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
-        wanted = self.config.teams.require_san
-        for want in wanted:
-            for n in names:
-                if n == want or (n.startswith("*.") and want.split(".", 1)[-1] == n[2:] and want.count(".") == n.count(".")):
-                    return None
-        return f"certificate names {names or ['(none)']} do not include {' or '.join(wanted)}"
+        return teams_name_problem(dns_names(cert), self.config.teams.require_san)
 
     # ------------------------------------------------------------------ connection upkeep
     def _maintain(self) -> None:
