@@ -42,7 +42,9 @@ from aiohttp import web
 from . import __version__
 from .addresses import AddressError, HostPort, parse_hostport
 from .cdr import CdrObserver, CdrSettings, CdrStore, export_rows, parse_time
-from .capture import CallTracer, CaptureSettings, HepObserver
+from .capture.hep import HepObserver
+from .capture.settings import CaptureSettings
+from .capture.traces import CallTracer
 from .events import Observers
 from .metrics import CONTENT_TYPE, Metrics, iso
 

@@ -396,7 +396,7 @@ def from_dict(data: Any, *, source: str = "<dict>", base: Path | None = None) ->
     level = r.str_(lg, "log", "level", "info", ("debug", "info", "warning", "error")) or "info"
 
     from .admin import parse_settings as admin_settings
-    from .capture import parse_settings as capture_settings
+    from .capture.settings import parse_settings as capture_settings
     from .cdr import parse_settings as cdr_settings
     admin, e1 = admin_settings(data.get("admin"), r.base)
     cdr, e2 = cdr_settings(data.get("cdr"), r.base)
