@@ -41,11 +41,13 @@ from aiohttp import web
 from . import __version__
 from .addresses import HostPort
 from .admin_settings import AdminConfigError, AdminSettings, exposure_problem
+from .capture.hep import HepObserver
+from .capture.settings import CaptureSettings
+from .capture.traces import CallTracer
+from .cdr.cli import export_rows, parse_time
 from .cdr.settings import CdrSettings
 from .cdr.store import CdrStore
 from .cdr.writer import CdrObserver, CdrWriter
-from .cdr.cli import export_rows, parse_time
-from .capture import CallTracer, CaptureSettings, HepObserver
 from .events import Observers
 from .metrics import CONTENT_TYPE, Metrics, iso
 

@@ -11,18 +11,12 @@ import hashlib
 import hmac
 import os
 import re
-from dataclasses import dataclass
+
+from .trunk_settings import DigestCredentials
 
 NONCE_LIFETIME = 300.0  # seconds a nonce is accepted
 
 _PARAM_RE = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]+)\s*,?')
-
-
-@dataclass(frozen=True, slots=True)
-class DigestCredentials:
-    realm: str
-    username: str
-    password: str
 
 
 def parse_digest(value: str) -> dict[str, str] | None:

@@ -17,7 +17,8 @@ import os
 from typing import Callable
 
 from .addresses import HostPort
-from .config import Config, TenantSection
+from .config import Config
+from .trunk_settings import TenantSection
 from .decisions import (PBX, TEAMS, Destination, DialogHop, Drop, Forward, Leg, Reply, Source,
                         Target)
 from .digest import DigestAuth

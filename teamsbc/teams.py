@@ -9,7 +9,8 @@ import binascii
 import re
 
 from . import MODEL, __version__
-from .config import Config, NumbersSection
+from .config import Config
+from .trunk_settings import NumbersSection
 from .sip.errors import ParseError
 from .sip.message import Message, Request
 from .sip.uri import NameAddr, SipUri, parse_name_addr, parse_uri, split_quoted

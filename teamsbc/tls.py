@@ -79,31 +79,6 @@ def reload_contexts(contexts: list[ssl.SSLContext], cert: Path, key: Path) -> st
     return None
 
 
-class FileWatch:
-    """Notices when certificate files are replaced (atomic rename: new inode, or new mtime)."""
-
-    def __init__(self, *paths: Path):
-        self.paths = paths
-        self._seen = self._stat()
-
-    def _stat(self) -> tuple:
-        out = []
-        for p in self.paths:
-            try:
-                st = p.stat()
-                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append(None)
-        return tuple(out)
-
-    def changed(self) -> bool:
-        now = self._stat()
-        if now != self._seen and None not in now:
-            self._seen = now
-            return True
-        return False
-
-
 def describe_certificate(path: Path) -> str:
     """`serial 0x.., CN=.., not after YYYY-MM-DD (N days left)` for log lines."""
     from datetime import datetime, timezone

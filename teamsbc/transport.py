@@ -17,6 +17,8 @@ import time
 from typing import Any
 
 from .addresses import HostPort, grow_receive_buffer
+from .certnames import dns_names, teams_name_problem
+from .certwatch import CertificateWatch
 from .config import Config
 from .decisions import PBX, TEAMS, Destination, Door, MediaCall, Send, Source
 from .events import Observers
@@ -26,7 +28,6 @@ from .sip.build import bare_error_response
 from .sip.errors import ParseError
 from .sip.message import KEEPALIVE_PING, StreamFramer
 from .media.pool import MediaPool
-from .tls import FileWatch, days_left, describe_certificate, reload_contexts
 
 log = logging.getLogger("teamsbc.transport")
 
@@ -185,10 +186,8 @@ class Shell:
         self._udp_local = (config.pbx.listen.host, config.pbx.listen.port)
         self._maintenance: asyncio.TimerHandle | None = None
         self.stats = {"tls_handshakes": 0, "tls_failures": 0, "cert_reloads": 0}
-        t = config.teams
-        # the certificate store renames the key first and the chain last: watch the chain
-        self._cert_watch = FileWatch(t.certificate)
-        self._next_expiry_log = 0.0
+        self.certificate = CertificateWatch(config.teams.certificate, config.teams.private_key,
+                                            [server_ctx, client_ctx], on_reloaded=self._new_certificate)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -319,24 +318,15 @@ class Shell:
         Teams' certificate has sip.pstnhub.microsoft.com, or the GCC High / DoD name)."""
         if not cert:
             return "no client certificate (Teams always presents one)"
-        names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
-        wanted = self.config.teams.require_san
-        for want in wanted:
-            for n in names:
-                if n == want or (n.startswith("*.") and want.split(".", 1)[-1] == n[2:] and want.count(".") == n.count(".")):
-                    return None
-        return f"certificate names {names or ['(none)']} do not include {' or '.join(wanted)}"
+        return teams_name_problem(dns_names(cert), self.config.teams.require_san)
 
     # ------------------------------------------------------------------ connection upkeep
     def _maintain(self) -> None:
         """Renew our own connections after connection_max_age (reference 2: at least hourly),
-        and close retired ones once no transaction that used them is still running."""
-        if self._cert_watch.changed():
-            self.reload_certificate("certificate files changed")
+        and close retired ones once no transaction that used them is still running; the
+        certificate watch ticks here too (new files, the daily expiry line)."""
         now = self.loop.time()
-        if now >= self._next_expiry_log:
-            self._next_expiry_log = now + 86400
-            self.log_expiry()
+        self.certificate.tick(now)
         max_age = self.config.teams.connection_max_age
         for key, conn in list(self._pool.items()):
             if conn.leg == TEAMS and now - conn.born >= max_age:
@@ -357,28 +347,14 @@ class Shell:
                  conn.key[3] if conn.key else 0, why)
 
     def reload_certificate(self, why: str) -> str | None:
-        """New TLS handshakes (both directions) use the certificate on disk from now on; calls
-        are untouched; our own connections to Teams are renewed once their transactions are
-        done (Teams keeps the old certificate on a connection). Returns the problem, if any."""
-        t = self.config.teams
-        problem = reload_contexts([self.server_ctx, self.client_ctx], t.certificate, t.private_key)
-        if problem:
-            log.error("certificate reload (%s) refused, the current one stays: %s", why, problem)
-            return problem
-        self.stats["cert_reloads"] += 1
-        log.info("certificate reloaded (%s): %s", why, describe_certificate(t.certificate))
-        self.retire_all("new certificate")
-        return None
+        """SIGHUP and the admin API's POST /reload: see certwatch.CertificateWatch.reload."""
+        return self.certificate.reload(why)
 
-    def log_expiry(self) -> None:
-        """Days left, at start and daily; a warning from 30 days (Teams refuses expired ones)."""
-        left = days_left(self.config.teams.certificate)
-        if left is None:
-            log.error("certificate %s unreadable", self.config.teams.certificate)
-        elif left < 30:
-            log.warning("certificate expires in %.1f days: renew it (teamsbc cert renew)", left)
-        else:
-            log.info("certificate valid for %.0f more days", left)
+    def _new_certificate(self) -> None:
+        """Teams keeps the old certificate on a connection: our own connections to Teams are
+        renewed once their transactions are done."""
+        self.stats["cert_reloads"] += 1
+        self.retire_all("new certificate")
 
     def retire_all(self, why: str) -> None:
         for conn in [c for c in self._pool.values() if c.leg == TEAMS]:

@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 
-from teamsbc.capture import (CallTracer, HepObserver, call_id_of, encode_hep3, fake_udp_packet,
-                             parse_settings)
+from teamsbc.addresses import HostPort
+from teamsbc.capture.hep import HepObserver, encode_hep3
+from teamsbc.capture.settings import parse_capture
+from teamsbc.settings import SettingsReader
+from teamsbc.capture.traces import CallTracer, call_id_of, fake_udp_packet
 
 # --------------------------------------------------------------------------- HEP3 decoder
 
@@ -238,11 +241,12 @@ def test_wireshark_reads_the_trace_as_sip(tmp_path):
 
 
 def test_settings(tmp_path):
-    s, errors = parse_settings(None, tmp_path)
-    assert errors == [] and s.hep is None and s.agent_id == 2001 and s.trace_dir == tmp_path / "traces"
-    s, errors = parse_settings({"hep": "[2001:db8::9]:9060", "agent_id": 7, "password": "pw",
-                                "trace_dir": "/var/lib/teamsbc/traces", "trace_format": "text"}, tmp_path)
-    assert errors == [] and s.hep == ("2001:db8::9", 9060) and s.password == "pw" and s.trace_format == "text"
-    _, errors = parse_settings({"hep": "nowhere", "agent_id": -1, "trace_format": "mp3", "x": 1}, tmp_path)
-    assert [k for k, _ in errors] == ["capture.x", "capture.hep", "capture.agent_id", "capture.trace_format"]
+    r = SettingsReader("teamsbc.yaml", tmp_path)
+    s = parse_capture(r, None)
+    assert r.errors == [] and s.hep is None and s.agent_id == 2001 and s.trace_dir == tmp_path / "traces"
+    s = parse_capture(r, {"hep": "[2001:db8::9]:9060", "agent_id": 7, "password": "pw",
+                          "trace_dir": "/var/lib/teamsbc/traces", "trace_format": "text"})
+    assert r.errors == [] and s.hep == HostPort("2001:db8::9", 9060) and s.password == "pw" and s.trace_format == "text"
+    parse_capture(r, {"hep": "nowhere", "agent_id": -1, "trace_format": "mp3", "x": 1})
+    assert [e.split(": ")[1] for e in r.errors] == ["capture.x", "capture.hep", "capture.agent_id", "capture.trace_format"]
     assert ipaddress.ip_address("::ffff:10.0.0.5").ipv4_mapped == ipaddress.ip_address("10.0.0.5")

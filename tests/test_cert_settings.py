@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from teamsbc.settings import SettingsReader
 from teamsbc.certs.settings import LETSENCRYPT, AcmeSettings, parse_acme
 
 CONTRACT = """
@@ -26,8 +27,9 @@ acme:
 
 
 def parse(section, tmp_path: Path, fqdn: str = "sbc.example.com") -> tuple[AcmeSettings, list[str]]:
-    errors: list[str] = []
-    s = parse_acme(section, source="teamsbc.yaml", base=tmp_path, errors=errors, sbc_fqdn=fqdn)
+    r = SettingsReader("teamsbc.yaml", tmp_path)
+    s = parse_acme(r, section, sbc_fqdn=fqdn)
+    errors = r.errors
     return s, errors
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from teamsbc import config as cfg
+from teamsbc.addresses import HostPort
 
 GOOD = """
 sbc:   {fqdn: sbc.example.com}
@@ -47,12 +48,12 @@ def write(d: Path, text: str) -> Path:
 def test_issue_contract_keys_load(confdir):
     c = cfg.load(write(confdir, GOOD))
     assert c.sbc.fqdn == "sbc.example.com"
-    assert c.teams.listen == cfg.HostPort("0.0.0.0", 5061)
+    assert c.teams.listen == HostPort("0.0.0.0", 5061)
     assert c.teams.certificate == confdir / "certs/live/sbc.example.com/fullchain.pem"
     assert c.teams.trusted_ca is None
     assert c.teams.proxies == ("sip.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com", "sip3.pstnhub.microsoft.com")
     assert c.teams.port == 5061 and c.teams.resolve == {} and c.teams.signaling_port == 5061
-    assert c.pbx == cfg.PbxSection(cfg.HostPort("10.0.0.5", 5060), "udp", cfg.HostPort("10.0.0.10", 5060))
+    assert c.pbx == cfg.PbxSection(HostPort("10.0.0.5", 5060), "udp", HostPort("10.0.0.10", 5060))
     assert c.media.rtpengine == ()
 
 
@@ -66,8 +67,8 @@ def test_certificate_defaults_to_live_files_of_fqdn(confdir):
 
 def test_resolve_override(confdir):
     c = cfg.load(write(confdir, GOOD.replace("resolve: {}", "resolve: {sip.pstnhub.microsoft.com: \"127.0.0.1:15061\", Sip-Du-A-Us.pstnhub.microsoft.com: 127.0.0.1}")))
-    assert c.teams.resolve == {"sip.pstnhub.microsoft.com": cfg.HostPort("127.0.0.1", 15061),
-                               "sip-du-a-us.pstnhub.microsoft.com": cfg.HostPort("127.0.0.1", 5061)}
+    assert c.teams.resolve == {"sip.pstnhub.microsoft.com": HostPort("127.0.0.1", 15061),
+                               "sip-du-a-us.pstnhub.microsoft.com": HostPort("127.0.0.1", 5061)}
 
 
 @pytest.mark.parametrize("change,expected", [

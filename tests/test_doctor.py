@@ -327,6 +327,32 @@ async def test_options_answered_503_fails(tmp_path, test_pki):
     assert sent.header("contact") == f"<sip:{SBC_FQDN}:5061;transport=tls>" and sent.header("x-ms-sbc")
 
 
+@pytest.mark.parametrize("names,expect", [(["*.pstnhub.microsoft.com"], PASS), (["*.microsoft.com"], FAIL)],
+                         ids=["one-label-wildcard", "two-label-wildcard"])
+async def test_options_to_a_wildcard_teams_certificate_as_the_sbc_judges_it(tmp_path, test_pki, names, expect):
+    """The SBC accepts a Teams certificate whose wildcard covers one label (teamsbc.certnames):
+    the doctor says so too, and refuses the same peer the SBC refuses. The two-label wildcard
+    fails in the TLS client already (the hostname check), before the name rule is asked."""
+    chain, key = test_pki.issue(f"teams-{len(names[0])}", names)
+    port = free_port("tcp")
+    peer = TeamsPeer(test_pki, sbc_port=0)
+    await peer.listen(port, cert=chain, key=key)
+    config = cfg.from_dict({
+        "sbc": {"fqdn": SBC_FQDN},
+        "teams": {"listen": "127.0.0.1:5061", "certificate": str(test_pki.sbc_fullchain),
+                  "private_key": str(test_pki.sbc_key), "trusted_ca": str(test_pki.ca_cert),
+                  "proxies": ["sip.pstnhub.microsoft.com"],
+                  "resolve": {"sip.pstnhub.microsoft.com": f"{LOOP}:{port}"}},
+        "pbx": {"listen": "127.0.0.1:5060", "transport": "udp", "address": "127.0.0.2:5060"}}, base=tmp_path)
+    try:
+        [r] = await Doctor(config, Options(timeout=3)).check_options()
+    finally:
+        await peer.close()
+    assert r.status == expect, r
+    if expect == PASS:
+        assert "200 OK" in r.finding and "peer *.pstnhub.microsoft.com" in r.finding
+
+
 # --------------------------------------------------------------------------- TLS listener
 def lab_config(tmp_path, test_pki, listen_port: int) -> cfg.Config:
     return cfg.from_dict({

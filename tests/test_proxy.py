@@ -313,6 +313,6 @@ def test_udp_retransmission_absorbed_and_100_resent(proxy):
     ("+12", None, None),
 ])
 def test_e164_rules(user, cc, expected):
-    from teamsbc.config import NumbersSection
+    from teamsbc.trunk_settings import NumbersSection
     from teamsbc.teams import to_e164
     assert to_e164(user, NumbersSection(country_code=cc)) == expected

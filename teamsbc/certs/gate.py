@@ -20,7 +20,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (ExtensionPolicy, PolicyBuilder, Store,
                                             VerificationError)
+
+from ..certnames import name_covered
 
 __all__ = ["Check", "GatePolicy", "GateReport", "run_gate", "load_roots", "system_roots_path",
            "name_covered", "cert_names", "eku_names"]
@@ -120,19 +122,6 @@ def cert_names(cert: x509.Certificate) -> tuple[str, ...]:
     except x509.ExtensionNotFound:
         cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         return tuple(str(a.value).lower() for a in cns)
-
-
-def name_covered(required: str, present: Iterable[str]) -> bool:
-    """A required host name is covered by itself or by a wildcard for exactly one more label
-    (Teams: "a wildcard covers one label only"); a required wildcard must appear as such."""
-    required = required.lower().rstrip(".")
-    present = {p.lower().rstrip(".") for p in present}
-    if required in present:
-        return True
-    if required.startswith("*."):
-        return False
-    head, _, parent = required.partition(".")
-    return bool(parent) and "." in parent and f"*.{parent}" in present
 
 
 def eku_names(cert: x509.Certificate) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import MediaSection
+from .settings import MediaSection
 from ..decisions import MediaStep
 from ..sip.message import Message, Request, Response
 from . import sdp_policy
