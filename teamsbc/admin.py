@@ -49,7 +49,8 @@ from .cdr.settings import CdrSettings
 from .cdr.store import CdrStore
 from .cdr.writer import CdrObserver, CdrWriter
 from .events import Observers
-from .metrics import CONTENT_TYPE, Metrics, iso
+from .metrics import CONTENT_TYPE, Metrics
+from .timefmt import iso_utc
 
 log = logging.getLogger("teamsbc.admin")
 
@@ -133,11 +134,7 @@ class _Api:
         def add(name: str, ok: bool, detail: str, required: bool = True) -> None:
             out.append({"name": name, "ok": bool(ok), "required": required, "detail": detail})
 
-        servers = list(getattr(self.shell, "_servers", []) or [])
-        udp = getattr(self.shell, "_udp", None)
-        serving = bool(servers) and all(s.is_serving() for s in servers)
-        if c.pbx.transport == "udp":
-            serving = serving and udp is not None and udp.transport is not None and not udp.transport.is_closing()
+        serving = self.shell.is_listening()
         add("listeners", serving, f"teams tls {c.teams.listen}, pbx {c.pbx.transport} {c.pbx.listen}"
             + ("" if serving else ": not listening"))
 
@@ -175,7 +172,7 @@ class _Api:
         else:
             add("certificate", left > 0, f"{left:.1f} days left" + (" (renew: teamsbc cert renew)" if left < 30 else ""))
 
-        last = getattr(self.book, "teams_options_last", None)
+        last = self.book.teams_options_last
         alarm = c.teams.options_alarm
         if last is None:
             add("teams_options", False, "no OPTIONS from Teams yet", required=False)
@@ -228,11 +225,11 @@ class _Api:
             snap = p.snapshot(now)
             for k in ("since", "last_ok", "last_failure", "cooling_until"):   # core clock -> wall clock
                 if snap.get(k):
-                    snap[k] = iso(wall - (now - snap[k]))
+                    snap[k] = iso_utc(wall - (now - snap[k]))
             peers.append(snap)
-        last = getattr(self.book, "teams_options_last", None)
+        last = self.book.teams_options_last
         body: dict[str, Any] = {"peers": peers,
-                                "teams_options_last": iso(wall - (now - last)) if last is not None else None}
+                                "teams_options_last": iso_utc(wall - (now - last)) if last is not None else None}
         if self.media is not None:
             try:
                 body["rtpengine"] = list(self.media.status())

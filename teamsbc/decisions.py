@@ -53,6 +53,11 @@ class Leg:
     via_port: int
     record_route: str
 
+    def via(self, transport: str, branch: str) -> str:
+        """Our Via on this leg (RFC 3261 16.6 step 8; RFC 3581 rport over UDP)."""
+        rport = ";rport" if transport == "udp" else ""
+        return f"SIP/2.0/{transport.upper()} {self.via_host}:{self.via_port};branch={branch}{rport}"
+
 
 # --- what the proxy tells the shell -------------------------------------------------------
 @dataclass(slots=True)

@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
+from .sip.grammar import method_label
+
 log = logging.getLogger("teamsbc.events")
 
 
@@ -92,6 +94,30 @@ class MediaStats:
 
 CallEvent = Union[CallStarted, CallAnswered, CallFailed, CallEnded, MediaStats]
 EVENT_TYPES = (CallStarted, CallAnswered, CallFailed, CallEnded, MediaStats)
+
+
+class Counters:
+    """Per-message counts the proxy keeps and metrics reads when scraped (no call per message).
+    Methods become "other" beyond the known ones: attacker-chosen tokens must not grow a table."""
+
+    __slots__ = ("requests", "responses", "timeouts")
+
+    def __init__(self) -> None:
+        self.requests: dict[str, dict[str, int]] = {"teams": {}, "pbx": {}}               # leg -> method
+        self.responses: dict[str, dict[tuple[int, str], int]] = {"teams": {}, "pbx": {}}  # leg -> (code, method)
+        self.timeouts: dict[str, int] = {}                                                # method
+
+    def request(self, leg: str, method: str) -> None:
+        d, m = self.requests[leg], method_label(method)
+        d[m] = d.get(m, 0) + 1
+
+    def response(self, leg: str, status: int, method: str) -> None:
+        d, k = self.responses[leg], (status, method_label(method))
+        d[k] = d.get(k, 0) + 1
+
+    def timeout(self, method: str) -> None:
+        m = method_label(method)
+        self.timeouts[m] = self.timeouts.get(m, 0) + 1
 
 
 class Observer:

@@ -14,16 +14,9 @@ rtpengine, the certificate) is read when Prometheus scrapes, from the objects ha
                    drops=guard.drops)          # optional: Mapping[reason, count] or a callable
     text = metrics.render()                    # Prometheus text format 0.0.4
 
-Interfaces read at scrape time (duck-typed, all optional):
-- proxy: `counters` (requests, responses, timeouts by leg and method), `stats` dict
-  (parse_errors, rejected, failovers), `pending_requests`, `active_transactions`
-- shell: `stats` dict (tls_handshakes, tls_failures, cert_reloads), `conns` (objects with
-  `leg`, `proto`, `closed`)
-- health: `HealthBook` (`peers[name].state`, `.rtts`, `teams_options_last`)
-- media: `status()` -> [{"address", "healthy", "calls", "rtt": {"median", "p99", "max",
-  "count"}}] (seconds), which is `teamsbc.media.pool.MediaPool.status()`
-- drops: a mapping reason -> count of requests a rate-limit guard dropped (the future guard
-  module exposes it as `Guard.drops`), or a callable returning one.
+Read at scrape time (all optional): the proxy's `counters`, `stats`, `pending_requests` and
+`active_transactions`; the shell's `stats` and `conns`; the `HealthBook`; the `MediaPool`'s
+`status()`; the guard's drop counters (a mapping or a callable returning one).
 
 The same object keeps the table of calls in progress that `GET /calls` shows.
 """
@@ -33,11 +26,17 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from . import __version__
-from .events import MediaStats, Observer
-from .proxy import Counters
+from .events import Counters, MediaStats, Observer
+from .timefmt import iso_utc
+
+if TYPE_CHECKING:
+    from .health import HealthBook
+    from .media.pool import MediaPool
+    from .proxy import Proxy
+    from .transport import Shell
 
 DIRECTIONS = ("teams->pbx", "pbx->teams")
 LEGS = ("teams", "pbx")
@@ -61,15 +60,8 @@ class ActiveCall:
         now = time.time() if now is None else now
         return {"call_id": self.call_id, "direction": self.direction, "tenant": self.tenant,
                 "caller": self.caller, "callee": self.callee,
-                "started": iso(self.started), "answered": iso(self.answered),
+                "started": iso_utc(self.started), "answered": iso_utc(self.answered),
                 "duration": round(now - self.answered, 3) if self.answered else None}
-
-
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    from datetime import datetime, timezone
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Metrics(Observer):
@@ -90,22 +82,24 @@ class Metrics(Observer):
         self.started = time.time()
         self.clock = clock   # the core's clock (loop.time() == time.monotonic() on Linux)
         # scrape-time sources (attach())
-        self.proxy: Any = None
-        self.shell: Any = None
-        self.health: Any = None
-        self.media: Any = None
+        self.proxy: Proxy | None = None
+        self.shell: Shell | None = None
+        self.health: HealthBook | None = None
+        self.media: MediaPool | None = None
         self.certificate: Path | None = None
         self.drops: Mapping[str, int] | Callable[[], Mapping[str, int]] | None = None
         self._cert_cache: tuple[Any, float | None, float] = (None, None, 0.0)
 
-    def attach(self, *, proxy: Any = None, shell: Any = None, health: Any = None, media: Any = None,
+    def attach(self, *, proxy: Proxy | None = None, shell: Shell | None = None,
+               health: HealthBook | None = None, media: MediaPool | None = None,
                certificate: Path | str | None = None,
                drops: Mapping[str, int] | Callable[[], Mapping[str, int]] | None = None) -> "Metrics":
         """Sources read when Prometheus scrapes (each optional; attach again to change one)."""
-        for name, value in (("proxy", proxy), ("shell", shell), ("health", health),
-                            ("media", media), ("drops", drops)):
-            if value is not None:
-                setattr(self, name, value)
+        self.proxy = proxy or self.proxy
+        self.shell = shell or self.shell
+        self.health = health or self.health
+        self.media = media or self.media
+        self.drops = drops or self.drops
         if certificate is not None:
             self.certificate = Path(certificate)
         return self
@@ -227,7 +221,7 @@ class Metrics(Observer):
         p = self.proxy
         if p is None:
             return
-        stats = getattr(p, "stats", {}) or {}
+        stats = p.stats
         for key, name, help_ in (
                 ("parse_errors", "teamsbc_sip_parse_errors_total", "Messages that did not parse."),
                 ("rejected", "teamsbc_sip_rejected_total", "Requests refused or dropped by the SBC itself."),
@@ -243,7 +237,7 @@ class Metrics(Observer):
         s = self.shell
         if s is None:
             return
-        stats = getattr(s, "stats", {}) or {}
+        stats = s.stats
         for key, name, help_ in (
                 ("tls_handshakes", "teamsbc_tls_handshakes_total", "TLS handshakes completed with Teams (both directions)."),
                 ("tls_failures", "teamsbc_tls_failures_total", "TLS handshakes failed or refused (both directions)."),
@@ -251,10 +245,10 @@ class Metrics(Observer):
             if key in stats:
                 w.family(name, "counter", help_, [({}, stats[key])])
         conns: dict[tuple[str, str], int] = {}
-        for c in list(getattr(s, "conns", ()) or ()):
-            if getattr(c, "closed", False):
+        for c in list(s.conns):
+            if c.closed:
                 continue
-            k = (getattr(c, "leg", "?"), getattr(c, "proto", "?"))
+            k = (c.leg, c.proto)
             conns[k] = conns.get(k, 0) + 1
         w.family("teamsbc_connections", "gauge", "Open TCP/TLS connections, by leg and transport.",
                  [({"leg": leg, "transport": t}, n) for (leg, t), n in sorted(conns.items())])
@@ -272,7 +266,7 @@ class Metrics(Observer):
                  [({"peer": name}, 1 if p.usable(now) else 0) for name, p in peers])
         w.family("teamsbc_peer_rtt_seconds", "gauge", "Round-trip time of the peer's last answered OPTIONS.",
                  [({"peer": name}, p.rtts[-1]) for name, p in peers if p.rtts])
-        last = getattr(h, "teams_options_last", None)
+        last = h.teams_options_last
         w.family("teamsbc_teams_options_age_seconds", "gauge",
                  "Seconds since Teams last sent us an OPTIONS (absent: never).",
                  [({}, max(0.0, now - last))] if last is not None else [])

@@ -12,70 +12,29 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import heapq
 import itertools
 import logging
 from typing import Any, Callable
 
 from .decisions import (PBX, TEAMS, Destination, Drop, Forward, Gate, Leg, MediaCall, MediaPlanner,
                         MediaStep, Reply, RoutingPolicy, Send, Source, Target)
-from .events import CallAnswered, CallEnded, CallEvent, CallFailed, CallStarted
+from .events import CallAnswered, CallEnded, CallEvent, CallFailed, CallStarted, Counters
+from .hops import forwardable, is_my_via, loop_hash, stamp_via
 from .relay import Event as E
 from .relay import Relay
 from .relay import State as S
 from .sip.build import branch as make_branch
 from .sip.build import bare_error_response, build_cancel, new_request
 from .sip.errors import LocalProtocolError, ParseError, ProtocolError
-from .sip.grammar import method_label
-from .sip.message import Message, Request, Response, make_response, parse_message
-from .sip.transaction import (T1, ClientTransaction, Deliver, ServerTransaction, TimedOut, Transmit,
-                              TransportFailed, client_key, server_key)
-from .sip.uri import parse_name_addr, parse_via
+from .sip.message import Request, Response, make_response, parse_message, retry_after
+from .sip.transaction import (T1, ClientTransaction, Deliver, TimedOut, Transmit, TransportFailed,
+                              client_key, server_key)
+from .tables import ServerEntry, Tables
+from .sip.uri import parse_via, user_part
 
 log = logging.getLogger("teamsbc.proxy")
 
 Entropy = Callable[[int], bytes]   # os.urandom, or a seeded source in tests
-
-
-class _Server:
-    """A server transaction and where its responses go (the connection or address it came from)."""
-
-    __slots__ = ("st", "src", "key")
-
-    def __init__(self, st: ServerTransaction, src: Source, key: tuple):
-        self.st, self.src, self.key = st, src, key
-
-    @property
-    def terminated(self) -> bool:
-        return self.st.terminated
-
-    def next_timer(self) -> float | None:
-        return self.st.next_timer()
-
-
-class _Expire:
-    """Forget a client transaction at `at` if it has not ended by itself (an INVITE we
-    CANCELled whose final answer never came)."""
-
-    __slots__ = ("table", "ctx", "at")
-
-    def __init__(self, table: dict, ctx: ClientTransaction, at: float):
-        self.table, self.ctx, self.at = table, ctx, at
-
-    @property
-    def terminated(self) -> bool:
-        return self.ctx.terminated or self.ctx.key not in self.table
-
-    def next_timer(self) -> float:
-        return self.at
-
-    def handle_timer(self, now: float) -> list:
-        if self.table.get(self.ctx.key, (None, None))[1] is self.ctx:
-            log.info("no final answer to a cancelled INVITE within 64*T1: transaction ended call_id=%s",
-                     self.ctx.request.call_id)
-            del self.table[self.ctx.key]
-        self.at = float("inf")
-        return []
 
 
 class MediaOp(enum.Enum):
@@ -83,17 +42,6 @@ class MediaOp(enum.Enum):
     OFFER = "offer"        # a request waits for its SDP: (relay,)
     ANSWER = "answer"      # a response waits for its SDP: (relay, ctx, response)
     ACK = "ack"            # an ACK for a 2xx waits for its SDP: (ack, decision)
-
-
-class Counters:
-    """Per-message counts, read by metrics when scraped (no call per message)."""
-
-    __slots__ = ("requests", "responses", "timeouts")
-
-    def __init__(self) -> None:
-        self.requests: dict[str, dict[str, int]] = {TEAMS: {}, PBX: {}}                # leg -> method
-        self.responses: dict[str, dict[tuple[int, str], int]] = {TEAMS: {}, PBX: {}}   # leg -> (code, method)
-        self.timeouts: dict[str, int] = {}                                             # method
 
 
 class Proxy:
@@ -107,17 +55,11 @@ class Proxy:
         self.entropy = entropy
         self._media_ops: dict[int, tuple[MediaOp, tuple]] = {}
         self._op_seq = itertools.count(1)
-        self._server: dict[tuple, _Server] = {}
-        self._relays: dict[tuple, Relay] = {}          # server key -> relay
-        # client key -> (owner: Relay | result callback | None, transaction, destination)
-        self._client: dict[tuple, tuple[Any, ClientTransaction, Destination]] = {}
-        self._timers: list[tuple[float, int, Any]] = []
-        self._seq = itertools.count()
+        self.stats: dict[str, int] = {"parse_errors": 0, "rejected": 0, "timeouts": 0, "failovers": 0}
+        self.t = Tables(self.stats)
         self._secret = entropy(8).hex()
         self.counters = Counters()
         self._events: list[CallEvent] = []
-        self.stats: dict[str, int] = {"requests": 0, "responses": 0, "parse_errors": 0,
-                                      "rejected": 0, "timeouts": 0, "failovers": 0}
 
     # ---------------------------------------------------------------- entry points
     def receive(self, data: bytes, src: Source, now: float) -> list[Send | MediaCall]:
@@ -135,17 +77,11 @@ class Proxy:
             return out
         try:
             if isinstance(msg, Request):
-                self.stats["requests"] += 1
-                d = self.counters.requests[src.leg]
-                m = method_label(msg.method)
-                d[m] = d.get(m, 0) + 1
+                self.counters.request(src.leg, msg.method)
                 self._on_request(msg, src, now, out)
                 gate.answered(msg, src, out, now)
             else:
-                self.stats["responses"] += 1
-                d2 = self.counters.responses[src.leg]
-                k = (msg.status, method_label(msg.cseq.method))
-                d2[k] = d2.get(k, 0) + 1
+                self.counters.response(src.leg, msg.status, msg.cseq.method)
                 self._on_response(msg, src, now, out)
         except ProtocolError as e:
             # a header we needed later turned out malformed (e.g. a Route URI), or our own bug
@@ -156,17 +92,17 @@ class Proxy:
                 log.warning("bad message from %s: %s call_id=%s", src.addr, e.reason, msg.call_id)
             if isinstance(msg, Request) and msg.method != "ACK":
                 resp = make_response(msg, e.status, e.reason, self._tag(msg))
-                sv = self._server.get(server_key(msg))
+                sv = self.t.server.get(server_key(msg))
                 if sv is not None and sv.st.request is msg:
-                    self._relays.pop(sv.key, None)
-                    self._respond(sv, resp, now, out)  # the transaction ends like any other
+                    sv.relay = None
+                    self.t.respond(sv, resp, now, out)  # the transaction ends like any other
                 else:
                     out.append(Send(resp.to_bytes(), src))
         return out
 
     def transport_failed(self, token: Any, now: float, reason: str = "transport error") -> list[Send | MediaCall]:
         out: list[Send | MediaCall] = []
-        entry = self._client.get(token)
+        entry = self.t.client.get(token)
         if entry is None:
             return out
         owner, ctx, dest = entry
@@ -176,29 +112,22 @@ class Proxy:
         return out
 
     def next_timer(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        return self.t.next_timer()
 
     def handle_timer(self, now: float) -> list[Send | MediaCall]:
         out: list[Send | MediaCall] = []
-        heap = self._timers
-        while heap and heap[0][0] <= now:
-            _, _, obj = heapq.heappop(heap)
-            if obj.terminated:
-                continue
-            due = obj.next_timer()
-            if due is None or due > now:
-                continue
+        for obj in self.t.due(now):
             if isinstance(obj, Relay):
                 self._relay_deadline(obj, now, out)
             elif isinstance(obj, ClientTransaction):
-                entry = self._client.get(obj.key)
+                entry = self.t.client.get(obj.key)
                 owner, dest = (entry[0], entry[2]) if entry else (None, None)
                 self._client_events(owner, obj, dest, obj.handle_timer(now), now, out)
-            elif isinstance(obj, _Server):
-                self._server_events(obj, obj.st.handle_timer(now), out)
+            elif isinstance(obj, ServerEntry):
+                self.t.server_events(obj, obj.st.handle_timer(now), out)
             else:
                 out += obj.handle_timer(now)
-            self._schedule(obj)
+            self.t.schedule(obj)
         return out
 
     def media_done(self, op: int, result: Any, now: float) -> list[Send | MediaCall]:
@@ -222,44 +151,41 @@ class Proxy:
         `on_result(status | None, reason, now, retry_after)` gets the final answer or the failure."""
         kw = {"timers": timers} if timers is not None else {}
         ctx = ClientTransaction(req, reliable=dest.transport != "udp", now=now, **kw)
-        self._client[ctx.key] = (on_result, ctx, dest)
+        self.t.add_client(on_result, ctx, dest)
         out: list[Send | MediaCall] = []
         self._client_events(on_result, ctx, dest, ctx.start(), now, out)
         return out
 
     def add_timed(self, obj: Any) -> None:
         """Put an object with next_timer()/handle_timer(now) -> [Send]/terminated on our clock."""
-        self._schedule(obj)
+        self.t.schedule(obj)
 
     def is_client_active(self, token: Any) -> bool:
-        return token in self._client
-
-    def new_token(self, n: int = 8) -> str:
-        return self.entropy(n).hex()
+        return token in self.t.client
 
     @property
     def active_transactions(self) -> int:
-        return len(self._server) + len(self._client)
+        return self.t.active
 
     @property
     def pending_requests(self) -> int:
         """Requests relayed and still waiting for their final response (what a graceful stop drains)."""
-        return sum(1 for r in self._relays.values() if not r.done)
+        return sum(1 for r in self.t.relays() if not r.done)
 
     # ---------------------------------------------------------------- requests
     def _on_request(self, req: Request, src: Source, now: float, out: list) -> None:
-        self._stamp_via(req, src)
+        stamp_via(req, src.addr)
         key = server_key(req)
         if req.method == "ACK":
-            sv = self._server.get(key)
+            sv = self.t.server.get(key)
             if sv is not None:  # ACK for a non-2xx final: hop-by-hop, ends here (17.2.1)
-                self._server_events(sv, sv.st.receive_request(req, now), out)
+                self.t.server_events(sv, sv.st.receive_request(req, now), out)
                 return
             self._route_stateless_ack(req, src, now, out)
             return
-        sv = self._server.get(key)
+        sv = self.t.server.get(key)
         if sv is not None:  # retransmission
-            self._server_events(sv, sv.st.receive_request(req, now), out)
+            self.t.server_events(sv, sv.st.receive_request(req, now), out)
             return
         verdict = self.gate.screen(req, src, now)
         if verdict is not None:  # a Drop (scanner, flood) or a 503 beyond a limit
@@ -267,23 +193,23 @@ class Proxy:
             if isinstance(verdict, Reply):
                 log.info("answered %s from %s:%d with %d (%s) call_id=%s", req.method, *src.addr,
                          verdict.status, verdict.log, req.call_id)
-                sv = self._new_server(req, src, key, now)
-                self._respond(sv, self._local_response(req, verdict, src.leg), now, out)
+                sv = self.t.new_server(req, src, key, now)
+                self.t.respond(sv, self._local_response(req, verdict, src.leg), now, out)
             return
         if req.method == "CANCEL":
             self._on_cancel(req, src, now, out)
             return
-        sv = self._new_server(req, src, key, now)
-        loop = self._loop_hash(req)
-        problem = self._check_forwardable(req, loop)
+        sv = self.t.new_server(req, src, key, now)
+        loop = loop_hash(req, self._secret)
+        problem = forwardable(req, loop, self.legs.values())
         if problem is not None:
-            self._respond(sv, self._local_response(req, Reply(*problem), src.leg), now, out)
+            self.t.respond(sv, self._local_response(req, Reply(*problem), src.leg), now, out)
             return
         decision = self.policy.request(req, src, now)
         if isinstance(decision, Drop):
             self.stats["rejected"] += 1
             log.info("dropped %s from %s:%d: %s call_id=%s", req.method, *src.addr, decision.log, req.call_id)
-            self._server.pop(key, None)
+            self.t.server.pop(key, None)
             return
         new_call = req.method == "INVITE" and req.to_addr.tag is None
         if isinstance(decision, Reply):
@@ -295,10 +221,10 @@ class Proxy:
                 log.info("answered %s from %s:%d with %d %s%s call_id=%s", req.method, *src.addr,
                          decision.status, decision.reason,
                          f" ({decision.log})" if decision.log else "", req.call_id)
-            self._respond(sv, self._local_response(req, decision, src.leg), now, out)
+            self.t.respond(sv, self._local_response(req, decision, src.leg), now, out)
             return
         if req.method == "INVITE":  # only now: a dropped request gets nothing at all
-            self._respond(sv, self._local_response(req, Reply(100, "Trying"), src.leg), now, out)
+            self.t.respond(sv, self._local_response(req, Reply(100, "Trying"), src.leg), now, out)
             if new_call:
                 self._call_started(req, src, decision.identity, now)
         elif req.method == "BYE":
@@ -306,7 +232,7 @@ class Proxy:
         step = self.media.for_request(decision.request, decision.targets[0].dest.leg) if self.media else None
         relay = Relay(sv, src, req, decision, loop, offering=step is not None and step.wait,
                       failover_after=self.invite_timeout)
-        self._relays[key] = relay
+        sv.relay = relay
         if step is not None and not step.wait:
             out.append(MediaCall(None, step.command))
         elif step is not None:
@@ -314,63 +240,15 @@ class Proxy:
             return
         self._next_target(relay, now, out)
 
-    def _new_server(self, req: Request, src: Source, key: tuple, now: float) -> _Server:
-        sv = self._server[key] = _Server(ServerTransaction(req, reliable=src.transport != "udp", now=now), src, key)
-        return sv
-
-    def _check_forwardable(self, req: Request, loop: str) -> tuple[int, str] | None:
-        """RFC 3261 16.3: Max-Forwards and loop detection, before any routing."""
-        mf = req.headers.get("max-forwards")
-        if mf is not None and int(mf) <= 0:
-            if req.method == "OPTIONS":
-                return None  # 16.3 step 3: we may answer an OPTIONS addressed to us
-            return 483, "Too Many Hops"
-        for v in req.headers.get_all("via")[1:]:
-            if loop in v and self._is_my_via(v):
-                return 482, "Loop Detected"
-        return None
-
-    def _is_my_via(self, value: str) -> bool:
-        try:
-            via = parse_via(value)
-        except ParseError:
-            return False
-        return any(via.host.lower() == leg.via_host.lower() and (via.port or 5060) == leg.via_port
-                   for leg in self.legs.values())
-
-    def _loop_hash(self, req: Request) -> str:
-        # 16.6 step 8: a spiral changes the R-URI, a loop does not.
-        h = hashlib.blake2s(digest_size=6)
-        for part in (req.uri, req.headers.get("from") or "", req.headers.get("to") or "",
-                     req.call_id, str(req.cseq.number), self._secret):
-            h.update(part.encode())
-            h.update(b"\0")
-        return h.hexdigest()
-
-    def _stamp_via(self, req: Request, src: Source) -> None:
-        """RFC 3261 18.2.1 received= and RFC 3581 rport on the top Via."""
-        via = req.top_via
-        changed = False
-        if via.host.strip("[]") != src.addr[0]:
-            via.params["received"] = src.addr[0]
-            changed = True
-        if "rport" in via.params and via.params["rport"] is None:
-            via.params["rport"] = str(src.addr[1])
-            changed = True
-        if changed:
-            vias = req.headers.get_all("via")
-            vias[0] = str(via)
-            req.headers.replace_all("via", vias)
-
     def _on_cancel(self, cancel: Request, src: Source, now: float, out: list) -> None:
         """RFC 3261 16.10: answer the CANCEL, cancel the pending branch."""
         key = server_key(cancel)
-        relay = self._relays.get(key[:-1] + ("INVITE",))
-        csv = self._new_server(cancel, src, key, now)
+        relay = self.t.relay_of(key[:-1] + ("INVITE",))
+        csv = self.t.new_server(cancel, src, key, now)
         if relay is None:
-            self._respond(csv, make_response(cancel, 481, "Call/Transaction Does Not Exist"), now, out)
+            self.t.respond(csv, make_response(cancel, 481, "Call/Transaction Does Not Exist"), now, out)
             return
-        self._respond(csv, make_response(cancel, 200, "OK"), now, out)
+        self.t.respond(csv, make_response(cancel, 200, "OK"), now, out)
         if relay.state is S.OFFERING:  # no branch yet: nothing to cancel downstream
             self._final_local(relay, 487, "Request Terminated", now, out)
             return
@@ -381,7 +259,7 @@ class Proxy:
         provisionally, else on its first provisional (RFC 3261 9.1)."""
         sent_before = relay.state is S.CANCELLING
         relay.on(E.CANCELLED, now)
-        self._schedule(relay)
+        self.t.schedule(relay)
         ctx = relay.client
         if not sent_before and not relay.done and ctx is not None and ctx.state == "proceeding":
             self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
@@ -394,9 +272,9 @@ class Proxy:
         cancel = build_cancel(ctx.request)
         self.policy.egress(cancel, dest.leg, identity)
         # RFC 3261 9.1: no final answer within 64*T1 of the CANCEL ends the INVITE transaction
-        self._schedule(_Expire(self._client, ctx, now + 64 * T1))
+        self.t.expire_later(ctx, now + 64 * T1)
         cctx = ClientTransaction(cancel, reliable=dest.transport != "udp", now=now)
-        self._client[cctx.key] = (None, cctx, dest)
+        self.t.add_client(None, cctx, dest)
         self._client_events(None, cctx, dest, cctx.start(), now, out)
 
     def _route_stateless_ack(self, ack: Request, src: Source, now: float, out: list) -> None:
@@ -441,9 +319,9 @@ class Proxy:
         self._prepare_branch(req, target, branch, d.record_route, d.identity)
         ctx = ClientTransaction(req, reliable=target.dest.transport != "udp", now=now)
         relay.client, relay.dest = ctx, target.dest
-        self._client[ctx.key] = (relay, ctx, target.dest)
+        self.t.add_client(relay, ctx, target.dest)
         relay.on(E.BRANCH_SENT, now)
-        self._schedule(relay)
+        self.t.schedule(relay)
         self._client_events(relay, ctx, target.dest, ctx.start(), now, out)
 
     def _prepare_branch(self, req: Request, target: Target, branch: str,
@@ -455,9 +333,7 @@ class Proxy:
         h.set("max-forwards", str(int(mf) - 1) if mf is not None else "70")
         for entry in reversed(record_route or ()):
             h.add_first("record-route", entry)
-        transport = target.dest.transport
-        params = f";branch={branch}" + (";rport" if transport == "udp" else "")
-        h.add_first("via", f"SIP/2.0/{transport.upper()} {out_leg.via_host}:{out_leg.via_port}{params}")
+        h.add_first("via", out_leg.via(target.dest.transport, branch))
         self.policy.egress(req, target.dest.leg, identity)
 
     def _relay_deadline(self, relay: Relay, now: float, out: list) -> None:
@@ -510,8 +386,7 @@ class Proxy:
                     reason = "timed out" if timed_out else f"transport failure ({ev.reason})"
                     if timed_out:
                         self.stats["timeouts"] += 1
-                        m = method_label(ctx.request.method)
-                        self.counters.timeouts[m] = self.counters.timeouts.get(m, 0) + 1
+                        self.counters.timeout(ctx.request.method)
                     if relay is not None:
                         if dest is not None:
                             self.policy.peer_failed(dest, reason, now)
@@ -522,23 +397,23 @@ class Proxy:
                         owner(None, reason, now, None)
         finally:  # even if relaying raised, the transaction table stays true
             if ctx.terminated:
-                self._client.pop(ctx.key, None)
+                self.t.client.pop(ctx.key, None)
             else:
-                self._schedule(ctx)
+                self.t.schedule(ctx)
 
     def _on_branch_response(self, relay: Relay, ctx: ClientTransaction, resp: Response,
                             now: float, out: list) -> None:
         status = resp.status
         if ctx in relay.abandoned:
             if status < 200 and status != 100:
-                self._send_cancel(ctx, self._client.get(ctx.key, (None, None, None))[2], now, out,
+                self._send_cancel(ctx, self.t.client.get(ctx.key, (None, None, None))[2], now, out,
                                   relay.decision.identity)
             elif 200 <= status < 300:
                 log.error("late 2xx from an abandoned branch call_id=%s", relay.call_id)
             return
         if ctx is relay.client and status < 200:
             relay.on(E.BRANCH_RESPONDED, now)  # no failover on silence any more; Timer C (re)starts
-            self._schedule(relay)
+            self.t.schedule(relay)
         if status == 100:
             return
         self._media_then_relay(relay, ctx, resp, now, out)
@@ -563,11 +438,11 @@ class Proxy:
             if relay.state is S.CANCEL_PENDING and ctx is relay.client and ctx.state == "proceeding":
                 self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
                 relay.on(E.CANCEL_SENT, now)
-                self._schedule(relay)
+                self.t.schedule(relay)
             if relay.done:
                 return
             relay.on(E.RELAYED_PROVISIONAL, now)
-            self._schedule(relay)
+            self.t.schedule(relay)
             self._upstream(relay, resp, now, out)
             return
         if status < 300:
@@ -654,7 +529,7 @@ class Proxy:
                      headers: list | None = None) -> None:
         """Answer the relayed request ourselves and forget its media."""
         relay.on(E.FINAL_SENT, now)
-        self._respond(relay.server, self._local_response(
+        self.t.respond(relay.server, self._local_response(
             relay.request, Reply(status, reason, headers or []), relay.src.leg), now, out)
         self._failed_upstream(relay, status, reason, now)
         self._media_forget(relay, out)
@@ -670,13 +545,9 @@ class Proxy:
         cseq = ctx.request.cseq.number
 
         def request(method: str, number: int) -> Request:
-            rport = ";rport" if hop.dest.transport == "udp" else ""
-            req = new_request(
-                method, hop.target,
-                via=f"SIP/2.0/{hop.dest.transport.upper()} {leg.via_host}:{leg.via_port};"
-                    f"branch={make_branch(self.entropy(8).hex())}{rport}",
-                from_=ctx.request.headers.get("from") or "", to=resp.headers.get("to") or "",
-                call_id=resp.call_id, cseq=number, routes=hop.routes)
+            req = new_request(method, hop.target, via=leg.via(hop.dest.transport, make_branch(self.entropy(8).hex())),
+                              from_=ctx.request.headers.get("from") or "", to=resp.headers.get("to") or "",
+                              call_id=resp.call_id, cseq=number, routes=hop.routes)
             self.policy.egress(req, dest_leg, relay.decision.identity)
             return req
 
@@ -703,11 +574,11 @@ class Proxy:
             if resp.status < 300 and relay.client is not None:
                 self._end_answered_branch(relay, relay.client, resp, now, out)
             up = self._local_response(relay.request, Reply(502, "Bad Gateway"), relay.src.leg)
-        self._respond(relay.server, up, now, out)
+        self.t.respond(relay.server, up, now, out)
 
     # ---------------------------------------------------------------- responses
     def _on_response(self, resp: Response, src: Source, now: float, out: list) -> None:
-        entry = self._client.get(client_key(resp))
+        entry = self.t.client.get(client_key(resp))
         if entry is None:
             self._stray_response(resp, src, out)
             return
@@ -720,7 +591,7 @@ class Proxy:
         if not (200 <= resp.status < 300 and resp.cseq.method == "INVITE"):
             return
         vias = resp.headers.get_all("via")
-        if len(vias) < 2 or not self._is_my_via(vias[0]):
+        if len(vias) < 2 or not is_my_via(vias[0], self.legs.values()):
             return
         up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
         up.headers.pop_first("via")
@@ -731,22 +602,6 @@ class Proxy:
         out.append(Send(up.to_bytes(), dest))
 
     # ---------------------------------------------------------------- local answers
-    def _respond(self, sv: _Server, resp: Response, now: float, out: list) -> None:
-        self._server_events(sv, sv.st.send_response(resp, now), out)
-
-    def _server_events(self, sv: _Server, events: list, out: list) -> None:
-        for ev in events:
-            if isinstance(ev, Transmit):
-                out.append(Send(ev.message.to_bytes(), sv.src))
-            elif isinstance(ev, TimedOut):
-                self.stats["timeouts"] += 1
-                log.warning("no ACK for final response call_id=%s", sv.st.request.call_id)
-        if sv.st.terminated:
-            self._server.pop(sv.key, None)
-            self._relays.pop(sv.key, None)
-        else:
-            self._schedule(sv)
-
     def _local_response(self, req: Request, reply: Reply, leg: str) -> Response:
         resp = make_response(req, reply.status, reply.reason, self._tag(req))
         for name, value in reply.headers:
@@ -765,11 +620,6 @@ class Proxy:
         if resp is not None:
             out.append(Send(resp, src))
 
-    def _schedule(self, obj: Any) -> None:
-        t = obj.next_timer()
-        if t is not None and not obj.terminated:
-            heapq.heappush(self._timers, (t, next(self._seq), obj))
-
     # ---------------------------------------------------------------- call events
     def _event(self, ev: CallEvent, now: float) -> None:
         self.gate.track(ev, now)
@@ -785,31 +635,12 @@ class Proxy:
     def _call_started(self, req: Request, src: Source, identity: str | None, now: float) -> None:
         other = PBX if src.leg == TEAMS else TEAMS
         self._event(CallStarted(req.call_id, f"{src.leg}->{other}", identity,
-                                _user(req.headers.get("from")), _user(req.headers.get("to"))), now)
+                                user_part(req.headers.get("from")), user_part(req.headers.get("to"))), now)
 
     def _failed_upstream(self, relay: Relay, status: int, reason: str, now: float) -> None:
         if relay.is_invite and relay.request.to_addr.tag is None:
             self._event(CallFailed(relay.call_id, status, reason), now)
 
 
-def _user(value: str | None) -> str:
-    """The user part of a From/To for records: `+4420...` or the whole URI if it has none."""
-    try:
-        uri = parse_name_addr(value or "").uri
-    except ParseError:
-        return ""
-    body = uri.split(":", 1)[-1]
-    return body.split("@", 1)[0] if "@" in body else uri
-
-
 def _ignore_result(*_: Any) -> None:
     pass
-
-
-def retry_after(resp: Message) -> float | None:
-    """Seconds of a Retry-After header (RFC 3261 20.33: delta-seconds [comment] *params)."""
-    v = resp.headers.get("retry-after")
-    if not v:
-        return None
-    digits = v.strip().split(None, 1)[0].split(";", 1)[0].split("(", 1)[0]
-    return float(digits) if digits.isdigit() and len(digits) <= 7 else None

@@ -190,15 +190,14 @@ class Router:
             trunk = next(hp for hp in self.trunks() if pbx_peer(hp) == peer)
             dest = Destination(PBX, self.config.pbx.transport, trunk.host, trunk.port)
             me = str(self.config.pbx.listen)
-            rport = ";rport" if dest.transport == "udp" else ""
-            via = f"SIP/2.0/{dest.transport.upper()} {me}{rport};branch={branch(token)}"
+            via = self.legs[PBX].via(dest.transport, branch(token))
             uri, from_uri, contact = f"sip:{trunk}", f"sip:teamsbc@{me}", f"<sip:{me};transport={dest.transport}>"
             to_uri = uri
             allow = ALLOW_PBX
         else:
             dest = self.teams_dest(peer)
             me = f"{self.teams.fqdn}:{self.teams.port}"
-            via = f"SIP/2.0/TLS {me};branch={branch(token)}"
+            via = self.legs[TEAMS].via("tls", branch(token))
             uri, from_uri, to_uri = f"sip:{peer}:{dest.port};transport=tls", f"sip:{me}", f"sip:{peer}"
             contact = f"<sip:{me};transport=tls>"
             allow = self.teams.allow

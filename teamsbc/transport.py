@@ -207,6 +207,14 @@ class Shell:
         log.info("listening: teams tls %s, pbx %s %s -> pbx trunk %s", tl, c.pbx.transport, pl, c.pbx.address)
         self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
 
+    def is_listening(self) -> bool:
+        """Every listener accepts (the TLS and PBX servers, the PBX UDP socket)."""
+        serving = bool(self._servers) and all(s.is_serving() for s in self._servers)
+        if self.config.pbx.transport == "udp":
+            udp = self._udp
+            serving = serving and udp is not None and udp.transport is not None and not udp.transport.is_closing()
+        return serving
+
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful: stop accepting, let transactions in progress finish (bounded), close."""
         for s in self._servers:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..events import Observer
-from ..metrics import iso
+from ..timefmt import iso_utc
 
 log = logging.getLogger("teamsbc.capture")
 
@@ -129,7 +129,7 @@ class _Trace:
             self.pcap.write(pcap_record(wall, fake_udp_packet(src, dst, data)))
             self.pcap.flush()
         if self.text is not None:
-            head = (f"=== {iso(wall)} {leg} {direction} {transport} {_fmt(src)} -> {_fmt(dst)} "
+            head = (f"=== {iso_utc(wall)} {leg} {direction} {transport} {_fmt(src)} -> {_fmt(dst)} "
                     f"({len(data)} bytes)\n")
             self.text.write(head.encode() + data + (b"" if data.endswith(b"\n") else b"\n"))
             self.text.flush()

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..timefmt import iso_utc
 from .settings import CdrError, settings_from_config_file
 from .store import COLUMNS, TIME_COLUMNS, open_readonly, query
 
@@ -28,19 +29,13 @@ def parse_time(text: str) -> float:
     return dt.timestamp()
 
 
-def iso_utc(t: float | None) -> str:
-    if t is None:
-        return ""
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def export_rows(rows: list[dict]) -> list[dict]:
     """Rows with ISO times and duration, as `teamsbc cdr` prints them."""
     out = []
     for r in rows:
         e = dict(r)
         for k in TIME_COLUMNS:
-            e[k] = iso_utc(r[k]) or None
+            e[k] = iso_utc(r[k])
         e["duration"] = (round(r["end_time"] - r["answer_time"], 3)
                          if r["answer_time"] is not None and r["end_time"] is not None else None)
         e["media"] = json.loads(r["media"]) if r["media"] else None

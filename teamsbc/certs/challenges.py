@@ -163,6 +163,7 @@ class StandaloneHttp01:
 class Solver(Protocol):
     """What the ACME flow needs from a challenge type."""
     typ: str
+    cleanup_error: str | None   # what cleanup() could not remove (reported, never raised)
 
     def add(self, domain: str, token: str, validation: str) -> None:
         """Record one answer (``domain`` without a leading "*.")."""
@@ -176,6 +177,7 @@ class Solver(Protocol):
 
 class Http01Solver:
     typ = "http-01"
+    cleanup_error: str | None = None   # tokens live in memory or a webroot: nothing is left behind
 
     def __init__(self, store: TokenStore, *, listen: tuple[str, int] | None = None,
                  webroot: Path | None = None):

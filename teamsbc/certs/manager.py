@@ -236,7 +236,7 @@ class CertManager:
 
     @staticmethod
     def _cleanup_notes(solver: Solver | None) -> list[str]:
-        err = getattr(solver, "cleanup_error", None)
+        err = solver.cleanup_error if solver is not None else None
         return [f"warning: challenge records may be left behind: {err}"] if err else []
 
     def _failed(self, action: str, why: str, client: AcmeClient | None = None) -> Outcome:

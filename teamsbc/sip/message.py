@@ -447,6 +447,15 @@ def make_response(req: Request, status: int, reason: str, to_tag: str | None = N
     return Response(status, reason, h)
 
 
+def retry_after(msg: Message) -> float | None:
+    """Seconds of a Retry-After header (RFC 3261 20.33: delta-seconds [comment] *params)."""
+    v = msg.headers.get("retry-after")
+    if not v:
+        return None
+    digits = v.strip().split(None, 1)[0].split(";", 1)[0].split("(", 1)[0]
+    return float(digits) if digits.isdigit() and len(digits) <= 7 else None
+
+
 def _has_tag(to: str) -> bool:
     try:
         return "tag" in parse_name_addr(to).params

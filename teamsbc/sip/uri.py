@@ -297,3 +297,14 @@ def parse_via(value: str) -> Via:
         raise ParseError("Bad Via port")
     params = parse_params(paramstr[1:]) if paramstr else {}
     return Via(transport.upper(), host, port, params)
+
+
+def user_part(value: str | None) -> str:
+    """The user part of a From/To name-addr (`+4420...` for records), the whole URI if it has
+    none, "" when it does not parse."""
+    try:
+        uri = parse_name_addr(value or "").uri
+    except ParseError:
+        return ""
+    body = uri.split(":", 1)[-1]
+    return body.split("@", 1)[0] if "@" in body else uri

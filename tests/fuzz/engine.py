@@ -353,7 +353,7 @@ class Fuzzer:
         """Let every timer run out (transactions end, failover deadlines pass)."""
         for _ in range(400):
             due = self.proxy.next_timer()
-            pending = [t for t in self.proxy._timers if not t[2] is self.proxy.gate]
+            pending = [t for t in self.proxy.t.timer_objects() if t is not self.proxy.gate]
             if not pending:
                 break
             self.tick(max(1.0, (due or self.now) - self.now + 0.001))
@@ -361,9 +361,9 @@ class Fuzzer:
 
     def tables(self) -> dict:
         p = self.proxy
-        return {"server": len(p._server), "client": len(p._client), "relays": len(p._relays),
+        return {"server": len(p.t.server), "client": len(p.t.client), "relays": sum(1 for _ in p.t.relays()),
                 "media_ops": len(p._media_ops),
-                "timers": sum(1 for t in p._timers if t[2] is not p.gate and not t[2].terminated)}
+                "timers": sum(1 for t in p.t.timer_objects() if t is not p.gate and not t.terminated)}
 
 
 def build_response(req: Request, status: int, rng: random.Random) -> bytes:

@@ -1,0 +1,61 @@
+"""What a proxy checks and stamps about hops, before any routing (RFC 3261 16.3, 16.6, 18.2.1,
+RFC 3581). Pure functions; the proxy passes its legs and its secret."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from .decisions import Leg
+from .sip.errors import ParseError
+from .sip.message import Request
+from .sip.uri import parse_via
+
+
+def stamp_via(req: Request, addr: tuple[str, int]) -> None:
+    """RFC 3261 18.2.1 received= and RFC 3581 rport on the top Via of a request from `addr`."""
+    via = req.top_via
+    changed = False
+    if via.host.strip("[]") != addr[0]:
+        via.params["received"] = addr[0]
+        changed = True
+    if "rport" in via.params and via.params["rport"] is None:
+        via.params["rport"] = str(addr[1])
+        changed = True
+    if changed:
+        vias = req.headers.get_all("via")
+        vias[0] = str(via)
+        req.headers.replace_all("via", vias)
+
+
+def loop_hash(req: Request, secret: str) -> str:
+    """16.6 step 8: what goes into our branch so a loop is recognised; a spiral changes the
+    R-URI, a loop does not."""
+    h = hashlib.blake2s(digest_size=6)
+    for part in (req.uri, req.headers.get("from") or "", req.headers.get("to") or "",
+                 req.call_id, str(req.cseq.number), secret):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def is_my_via(value: str, legs: Iterable[Leg]) -> bool:
+    try:
+        via = parse_via(value)
+    except ParseError:
+        return False
+    return any(via.host.lower() == leg.via_host.lower() and (via.port or 5060) == leg.via_port
+               for leg in legs)
+
+
+def forwardable(req: Request, loop: str, legs: Iterable[Leg]) -> tuple[int, str] | None:
+    """RFC 3261 16.3: Max-Forwards and loop detection: None, or the (status, reason) to answer."""
+    mf = req.headers.get("max-forwards")
+    if mf is not None and int(mf) <= 0:
+        if req.method == "OPTIONS":
+            return None  # 16.3 step 3: we may answer an OPTIONS addressed to us
+        return 483, "Too Many Hops"
+    legs = list(legs)
+    for v in req.headers.get_all("via")[1:]:
+        if loop in v and is_my_via(v, legs):
+            return 482, "Loop Detected"
+    return None
