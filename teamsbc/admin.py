@@ -44,7 +44,7 @@ from .admin_settings import AdminConfigError, AdminSettings, exposure_problem
 from .capture.hep import HepObserver
 from .capture.settings import CaptureSettings
 from .capture.traces import CallTracer
-from .cdr.cli import export_rows, parse_time
+from .cdr.export import export_rows, parse_time
 from .cdr.settings import CdrSettings
 from .cdr.store import CdrStore
 from .cdr.writer import CdrObserver, CdrWriter

@@ -20,7 +20,8 @@ from teamsbc.cdr.settings import CdrError, parse_cdr, settings_from_config_file
 from teamsbc.cdr.store import COLUMNS, MIGRATIONS, SCHEMA_VERSION, CdrStore, media_columns
 from teamsbc.cdr.writer import CdrObserver, CdrWriter
 from teamsbc.settings import SettingsReader
-from teamsbc.cdr.cli import format_rows, main as cdr_main
+from teamsbc.cdr.cli import main as cdr_main
+from teamsbc.cdr.export import format_rows
 from teamsbc.media.stats import parse_stats
 
 
