@@ -95,11 +95,16 @@ class Metrics(Observer):
                certificate: Path | str | None = None,
                drops: Mapping[str, int] | Callable[[], Mapping[str, int]] | None = None) -> "Metrics":
         """Sources read when Prometheus scrapes (each optional; attach again to change one)."""
-        self.proxy = proxy or self.proxy
-        self.shell = shell or self.shell
-        self.health = health or self.health
-        self.media = media or self.media
-        self.drops = drops or self.drops
+        if proxy is not None:
+            self.proxy = proxy
+        if shell is not None:
+            self.shell = shell
+        if health is not None:
+            self.health = health
+        if media is not None:
+            self.media = media
+        if drops is not None:   # an empty mapping too: the guard's counters fill up later
+            self.drops = drops
         if certificate is not None:
             self.certificate = Path(certificate)
         return self
