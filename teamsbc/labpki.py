@@ -236,6 +236,11 @@ class LabPki:
     teams_fullchain: Path
     teams_key: Path
 
+    @classmethod
+    def at(cls, directory: Path | str) -> "LabPki":
+        """The files of a lab PKI that `ensure_lab_pki` made in ``directory`` (not checked)."""
+        return _paths(Path(directory))
+
 
 def _paths(directory: Path) -> LabPki:
     d = Path(directory)

@@ -45,7 +45,7 @@ from tests.support.rtpengine import PBX_IP, TEAMS_IP, RtpEngine
 from tests.support.sbc import SbcProcess
 from tests.support.sipp import SipMessage, parse_sip_message
 from tests.support.srtp import CryptoAttr, SrtpContext, parse_crypto_line
-from tests.support.teams_peer import Answer, Call, TeamsPeer, tag_of, uri_of
+from tests.support.teams_peer import Answer, Call, Received, TeamsPeer, tag_of, uri_of
 from tests.test_media_e2e import (
     MediaSocket,
     Stream,
@@ -518,20 +518,20 @@ async def call_from_pbx(r: Rig, *, check: bool = True) -> MediaCall:
     key_text, _ = new_key(1)
     teams_keys: dict[int, CryptoAttr] = {}
 
-    def answer(invite: SipMessage) -> str:
-        offered = parse_crypto_line(attr_lines(invite.body, "crypto")[0])
+    def answer(invite: Received) -> str:
+        offered = parse_crypto_line(attr_lines(invite.msg.body, "crypto")[0])
         raw = _b64(key_text)
         teams_keys[offered.tag] = CryptoAttr(offered.tag, "AES_CM_128_HMAC_SHA1_80", raw[:16], raw[16:],
                                              2**31, 1, 1)
         sdp = teams_answer_sdp(sock.port, key=key_text, tag=offered.tag)
-        return sdp.replace("a=sendrecv", "a=inactive") if attr_lines(invite.body, "inactive") else sdp
+        return sdp.replace("a=sendrecv", "a=inactive") if attr_lines(invite.msg.body, "inactive") else sdp
 
     r.peer.answers.append(Answer(200, sdp=answer))
     pbx_call = await r.pbx.invite()
     assert pbx_call.final is not None and pbx_call.final.status == 200, r.diag()
     teams_call = r.peer.calls[pbx_call.call_id]
     assert teams_call.invite is not None
-    to_teams, to_pbx = teams_call.invite.body, pbx_call.sdp_in[0]
+    to_teams, to_pbx = teams_call.invite.msg.body, pbx_call.sdp_in[0]
     if check:
         d = r.diag()
         key = assert_teams_side(to_teams)
@@ -610,7 +610,7 @@ async def test_hold_and_resume_from_teams_keep_ports_and_crypto(procs, tmp_path,
     async with rig(procs, tmp_path, test_pki, [eng.ng_udp], [eng]) as r:
         c = await call_from_teams(r)
         await c.media(20)
-        offer = c.teams_call.invite.body
+        offer = c.teams_call.invite.msg.body
         for n, direction in enumerate(("inactive", "sendrecv"), start=2):
             final = await c.teams_call.reinvite(offer.replace("a=sendrecv", f"a={direction}"))
             d = r.diag()
@@ -702,9 +702,9 @@ async def test_offerless_reinvite_from_teams_offer_in_200_answer_in_ack(procs, t
         # Teams keeps its ICE credentials within the call (else rtpengine sees an ICE restart)
         answer = re.sub(r"a=ice-ufrag:\S+", "a=ice-ufrag:ZdkB", answer)
         answer = re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:ri0BF8YTHMUStkuuuK1YIwcG", answer)
-        assert "a=ice-ufrag:ZdkB" in c.teams_call.invite.body, d
-        assert r.peer._out is not None
-        r.peer._out.send(r.peer._build_request(
+        assert "a=ice-ufrag:ZdkB" in c.teams_call.invite.msg.body, d
+        assert r.peer.out is not None
+        r.peer.out.send(r.peer.build_request(
             "ACK", call.remote_target, call_id=call.call_id, from_=call.local, to=call.remote,
             cseq=call.cseq, route=call.route, body=answer))
         ack = await r.pbx.wait_for(lambda m: m.is_request and m.method == "ACK" and m.call_id == c.call_id
