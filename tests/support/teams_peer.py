@@ -85,7 +85,7 @@ class TeamsPeer(TeamsProxy):
                  cert: Path | None = None, key: Path | None = None,
                  tls_max: ssl.TLSVersion | None = None):
         """``cert``/``key`` replace the Teams certificate on the peer's OWN connections (e.g.
-        pki.rogue_fullchain/pki.rogue_key); ``tls_max`` caps their TLS version."""
+        pki.rogue_fullchain/pki.rogue_key); ``tls_max`` caps the TLS version (both directions)."""
         super().__init__(pki.teams_fullchain, pki.teams_key, pki.ca_cert, sbc_fqdn=sbc_fqdn or pki.sbc_fqdn,
                          sbc_host=sbc_host, sbc_port=sbc_port, client_certificate=cert, client_key=key,
                          tls_max=tls_max)
