@@ -60,6 +60,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         return 2
+    from . import preflight  # what run refuses at start, refused here too
+    if preflight.report(preflight.run_checks(c), c.source, lambda line: print(line, file=sys.stderr)):
+        return 2
     print(f"{c.source}: ok (sbc {c.sbc.fqdn}, teams {c.teams.listen}, pbx {c.pbx.transport} "
           f"{c.pbx.listen} -> {c.pbx.address})")
     return 0
@@ -75,6 +78,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or c.log.level)
     log = logging.getLogger("teamsbc")
     log.info("teamsbc %s starting with %s", __version__, c.source)
+    from . import preflight  # the same checks as `teamsbc check`
+    findings = preflight.run_checks(c)
+    for f in findings:
+        (log.error if f.error else log.warning)("%s: %s: %s%s (fix: %s)", c.source, f.key,
+                                               "" if f.error else "warning: ", f.problem, f.fix)
+    if any(f.error for f in findings):
+        return 2
     import sqlite3
 
     from .admin import AdminConfigError
@@ -86,13 +96,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("TLS setup failed: %s", e)
         return 2
     except (CdrError, sqlite3.Error) as e:
-        log.error("call detail records unusable: %s", e)
+        log.error("%s: cdr.path: call detail records unusable: %s: %s", c.source, c.cdr.path, e)
         return 2
     except AdminConfigError as e:
         log.error("admin API refused: %s", e)
         return 2
     except OSError as e:
-        log.error("cannot start: %s", e.strerror or e)
+        log.error("cannot start: %s", f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or e))
         return 1
     except KeyboardInterrupt:
         pass
