@@ -11,36 +11,7 @@ from pathlib import Path
 from . import __version__, config as cfg
 from .tls import TlsConfigError
 
-LAB_FQDN = "sbc.teamsbc.test"
-
-
-def lab_dir() -> Path:
-    env = os.environ.get("TEAMSBC_LAB_DIR")
-    if env:
-        return Path(env)
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "teamsbc" / "lab"
-
-
-def lab_config() -> cfg.Config:
-    """The embedded lab default: loopback listeners, a lab PKI generated on first use."""
-    from .labpki import ensure_lab_pki
-    d = lab_dir()
-    proxies = list(cfg.TEAMS_PROXIES["commercial"])
-    pki = ensure_lab_pki(d, LAB_FQDN, proxies)
-    data = {
-        "sbc": {"fqdn": LAB_FQDN},
-        "teams": {
-            "listen": "127.0.0.1:5061",
-            "certificate": str(pki.sbc_fullchain),
-            "private_key": str(pki.sbc_key),
-            "trusted_ca": str(pki.ca_cert),
-            "proxies": proxies,
-            "resolve": {p: f"127.0.0.1:{15061 + i}" for i, p in enumerate(proxies)},
-        },
-        "pbx": {"listen": "127.0.0.1:5060", "transport": "udp", "address": "127.0.0.1:5080"},
-    }
-    return cfg.from_dict(data, source=f"<embedded lab default, PKI in {d}>", base=d)
+from .lab import LAB_FQDN, lab_config, lab_dir  # noqa: F401  (`teamsbc run` without -c)
 
 
 def _load(path: str | None) -> cfg.Config:
@@ -91,7 +62,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import serve
     from .cdr import CdrError
     try:
-        asyncio.run(serve(c))
+        if args.config is None:
+            from .lab import serve_with_peers
+            asyncio.run(serve_with_peers(c))   # the lab: simulated Teams and PBX too
+        else:
+            asyncio.run(serve(c))
     except TlsConfigError as e:
         log.error("TLS setup failed: %s", e)
         return 2
