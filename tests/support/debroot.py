@@ -74,16 +74,17 @@ def debian_root(cache_dir: Path, suite: str = "bookworm", include: str = INCLUDE
     started = time.monotonic()
     debs = (Path(cache_dir) / f"{suite}-debs").resolve()
     debs.mkdir(exist_ok=True)
-    # a package whose download failed (a busy mirror) is tried again; what arrived is kept in
-    # the cache directory, so a retry fetches only what is missing
+    # a download that failed (a busy mirror) is tried again; what arrived is kept in the cache
+    # directory, so a retry fetches only what is missing
     for attempt in (1, 2, 3):
         shutil.rmtree(root, ignore_errors=True)
         r = _bounded(["debootstrap", "--variant=minbase", f"--include={include}", f"--cache-dir={debs}",
                       suite, str(root), debian_mirror(suite)], 900)
         if r.returncode == 0:
             break
-        if attempt == 3 or "Couldn't download" not in r.stdout:
-            raise RuntimeError(f"debootstrap {suite} failed:\n{r.stdout[-3000:]}")
+        if attempt == 3:
+            raise RuntimeError(f"debootstrap {suite} failed 3 times; the last time:\n{r.stdout[-3000:]}")
+        time.sleep(10)
     # a site's TLS-inspecting proxy CA, if the host has one, added the way an admin would
     local_cas = list(Path("/usr/local/share/ca-certificates").glob("*.crt"))
     if local_cas:
