@@ -227,7 +227,11 @@ def test_debian_12_booted_appliance(tmp_path, procs, test_pki, bookworm_root, re
         wait_for(lambda: serial_presented(tls_port, test_pki, teams_trust) == new_serial, 15,
                  what="the running SBC serving the renewed certificate")
         assert box.show("teamsbc.service", "MainPID")["MainPID"] == pid
-        ph.done("renewal")
+        box.run("systemctl", "reload", "teamsbc")   # SIGHUP: the same certificate again, same process
+        wait_for(lambda: "certificate reloaded (SIGHUP)" in box.run(
+            "journalctl", "-u", "teamsbc", "--no-pager", "-o", "cat").stdout, 10, what="reload on SIGHUP")
+        assert box.show("teamsbc.service", "MainPID")["MainPID"] == pid
+        ph.done("renewal, reload")
 
         # ---- restart: the CDRs of the earlier calls are still there
         box.run("systemctl", "restart", "teamsbc")

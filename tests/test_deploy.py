@@ -106,7 +106,7 @@ def test_service_unit_settings():
     s = unit_settings((DEPLOY / "teamsbc.service").read_text())
     assert s["User"] == ["teamsbc"] and s["Group"] == ["teamsbc"]
     assert s["ExecStart"] == ["/opt/teamsbc/venv/bin/teamsbc run -c /etc/teamsbc/teamsbc.yaml"]
-    assert s["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
+    assert s["ExecReload"] == ["/bin/sh -c 'kill -HUP ${MAINPID}'"]
     assert s["Restart"] == ["on-failure"]
     assert s["RestartPreventExitStatus"] == ["2"]      # config errors: fix, do not retry
     assert "ExecStartPre" not in s                     # run does check's checks (exit 2, not retried)
