@@ -8,6 +8,7 @@
     await runner.cleanup()
 
 Endpoints (every one needs `Authorization: Bearer TOKEN` when a token is configured):
+    GET  /              what this is, ready or not, the endpoints (text)
     GET  /health        live/ready + each check; 200 when ready, 503 otherwise
     GET  /metrics       Prometheus text format 0.0.4
     GET  /calls         calls in progress
@@ -58,6 +59,18 @@ TOKEN = web.AppKey("teamsbc_admin_token", object)
 API = web.AppKey("teamsbc_admin_api", object)
 
 
+INDEX = (
+    ("GET", "/health", "readiness and each check (200 ready, 503 not)"),
+    ("GET", "/metrics", "Prometheus metrics"),
+    ("GET", "/calls", "calls in progress"),
+    ("GET", "/cdr", "call detail records (?since=ISO&until=ISO&limit=N)"),
+    ("GET", "/peers", "Teams proxies, PBX trunks, rtpengine: up/down and why"),
+    ("POST", "/reload", "load the certificate from disk again"),
+    ("GET", "/trace", "trace rules and their files"),
+    ("POST", "/trace", '{"number": "+4420", "calls": 1} or {"call_id": "..."}'),
+)
+
+
 # ---------------------------------------------------------------------- the app
 
 def make_admin_app(*, proxy: Any, shell: Any, health: Any, metrics: Metrics, cdr: CdrWriter | None,
@@ -65,6 +78,7 @@ def make_admin_app(*, proxy: Any, shell: Any, health: Any, metrics: Metrics, cdr
                    tracer: CallTracer | None = None) -> web.Application:
     app = web.Application(middlewares=[_auth_middleware(token)])
     api = _Api(proxy, shell, health, metrics, cdr, config, media, tracer)
+    app.router.add_get("/", api.index)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/calls", api.calls)
@@ -187,6 +201,16 @@ class _Api:
         body = {"live": True, "ready": ready, "version": __version__, "sbc": self.config.sbc.fqdn,
                 "checks": checks}
         return web.json_response(body, status=200 if ready else 503)
+
+    # --- GET /: what this is and what to ask (a person with curl or a browser lands here first)
+    async def index(self, request: web.Request) -> web.Response:
+        checks = self.checks()
+        failing = [ch["name"] for ch in checks if ch["required"] and not ch["ok"]]
+        state = "ready" if not failing else f"NOT ready (failing: {', '.join(failing)})"
+        lines = [f"teamsbc {__version__} admin API, SBC {self.config.sbc.fqdn}: {state}", ""]
+        lines += [f"  {method:<6} {path:<14} {what}" for method, path, what in INDEX]
+        lines += ["", "docs: operations.md (in /usr/share/doc/teamsbc when installed)", ""]
+        return web.Response(text="\n".join(lines), content_type="text/plain")
 
     # --- GET /metrics
     async def metrics(self, request: web.Request) -> web.Response:

@@ -11,36 +11,7 @@ from pathlib import Path
 from . import __version__, config as cfg
 from .tls import TlsConfigError
 
-LAB_FQDN = "sbc.teamsbc.test"
-
-
-def lab_dir() -> Path:
-    env = os.environ.get("TEAMSBC_LAB_DIR")
-    if env:
-        return Path(env)
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "teamsbc" / "lab"
-
-
-def lab_config() -> cfg.Config:
-    """The embedded lab default: loopback listeners, a lab PKI generated on first use."""
-    from .labpki import ensure_lab_pki
-    d = lab_dir()
-    proxies = list(cfg.TEAMS_PROXIES["commercial"])
-    pki = ensure_lab_pki(d, LAB_FQDN, proxies)
-    data = {
-        "sbc": {"fqdn": LAB_FQDN},
-        "teams": {
-            "listen": "127.0.0.1:5061",
-            "certificate": str(pki.sbc_fullchain),
-            "private_key": str(pki.sbc_key),
-            "trusted_ca": str(pki.ca_cert),
-            "proxies": proxies,
-            "resolve": {p: f"127.0.0.1:{15061 + i}" for i, p in enumerate(proxies)},
-        },
-        "pbx": {"listen": "127.0.0.1:5060", "transport": "udp", "address": "127.0.0.1:5080"},
-    }
-    return cfg.from_dict(data, source=f"<embedded lab default, PKI in {d}>", base=d)
+from .labdefault import LAB_FQDN, lab_config, lab_dir  # noqa: F401  (`teamsbc run` without -c)
 
 
 def _load(path: str | None) -> cfg.Config:
@@ -60,6 +31,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         return 2
+    from . import preflight  # what run refuses at start, refused here too
+    if preflight.report(preflight.run_checks(c), c.source, lambda line: print(line, file=sys.stderr)):
+        return 2
     print(f"{c.source}: ok (sbc {c.sbc.fqdn}, teams {c.teams.listen}, pbx {c.pbx.transport} "
           f"{c.pbx.listen} -> {c.pbx.address})")
     return 0
@@ -75,24 +49,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or c.log.level)
     log = logging.getLogger("teamsbc")
     log.info("teamsbc %s starting with %s", __version__, c.source)
+    from . import preflight  # the same checks as `teamsbc check`
+    findings = preflight.run_checks(c)
+    for f in findings:
+        (log.error if f.error else log.warning)("%s: %s: %s%s (fix: %s)", c.source, f.key,
+                                               "" if f.error else "warning: ", f.problem, f.fix)
+    if any(f.error for f in findings):
+        return 2
     import sqlite3
 
     from .admin import AdminConfigError
     from .app import serve
     from .cdr.settings import CdrError
     try:
-        asyncio.run(serve(c))
+        if args.config is None:
+            from .labdefault import serve_with_peers
+            asyncio.run(serve_with_peers(c))   # the lab: simulated Teams and PBX too
+        else:
+            asyncio.run(serve(c))
     except TlsConfigError as e:
         log.error("TLS setup failed: %s", e)
         return 2
     except (CdrError, sqlite3.Error) as e:
-        log.error("call detail records unusable: %s", e)
+        log.error("%s: cdr.path: call detail records unusable: %s: %s", c.source, c.cdr.path, e)
         return 2
     except AdminConfigError as e:
         log.error("admin API refused: %s", e)
         return 2
     except OSError as e:
-        log.error("cannot start: %s", e.strerror or e)
+        log.error("cannot start: %s", f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or e))
         return 1
     except KeyboardInterrupt:
         pass

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
 from . import config as cfg
 from .config import Config
@@ -43,6 +44,7 @@ TEAMS_MEDIA = {
     "dod": ("52.127.64.0/21",),
 }
 DEFAULT_MEDIA_PORTS = "30000-40000"   # deploy/rtpengine.conf port-min/port-max
+FIREWALL_FILE = "/etc/teamsbc/firewall.nft"   # what teamsbc-firewall.service loads at boot
 
 
 def _ps_string(s: str) -> str:
@@ -129,10 +131,13 @@ def nftables(config: Config, *, media_ports: str = DEFAULT_MEDIA_PORTS,
     pub = "" if teams_addr in ("0.0.0.0", "::") else f"ip daddr {teams_addr} "
     priv = f"ip daddr {p.listen.host} " if ":" not in p.listen.host else ""
     proto = "udp" if p.transport == "udp" else "tcp"
+    acme = config.acme
+    http01 = acme.challenge == "http-01" and (acme.http01_listen or acme.serve_http01)
+    http01_port = (acme.http01_listen or acme.serve_http01).port if http01 else None
     lines = [
         f"# nftables for teamsbc {config.sbc.fqdn} (teamsbc teams-setup; template: deploy/nftables-teamsbc.nft)",
-        "# Install: save as /etc/nftables.d/teamsbc.nft, add  include \"/etc/nftables.d/*.nft\"  to",
-        "# /etc/nftables.conf, then: nft -c -f /etc/nftables.conf && systemctl reload nftables",
+        f"# Install: teamsbc teams-setup -c FILE --firewall  (writes {FIREWALL_FILE} and loads it;",
+        "# teamsbc-firewall.service loads it at every boot, nftables.service not needed)",
         "# This table only DROPS what must not reach the SBC; it does not open anything. If your main",
         "# input chain drops by default, accept the same ports there too (an accept in one table does",
         "# not override a drop in another).",
@@ -161,11 +166,44 @@ def nftables(config: Config, *, media_ports: str = DEFAULT_MEDIA_PORTS,
         "        udp dport $MEDIA_PORTS ip saddr $TEAMS_MEDIA accept",
         "        udp dport $MEDIA_PORTS ip saddr $PBX_MEDIA accept",
         "        udp dport $MEDIA_PORTS drop",
+        *([f"        # ACME HTTP-01 (acme.challenge): the CA validates from anywhere, port {http01_port} stays open",
+           f"        tcp dport {http01_port} accept"] if http01 else []),
         "    }",
         "}",
         "",
     ]
     return "\n".join(lines)
+
+
+def install_firewall(rules: str, path: Path) -> int:
+    """Check the table with `nft -c`, write it to ``path`` (0644, atomically) and load it."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    if not Path(nft).exists():
+        print("teamsbc teams-setup --firewall: nft not found (apt-get install nftables)", file=sys.stderr)
+        return 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".firewall-", suffix=".nft", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(rules)
+        os.chmod(tmp, 0o644)
+        for argv, what in (([nft, "-c", "-f", tmp], "checking"), ([nft, "-f", tmp], "loading")):
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                print(f"teamsbc teams-setup --firewall: {what} the table failed: "
+                      f"{(r.stderr or r.stdout).strip()}", file=sys.stderr)
+                return 1
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(f"firewall: table inet teamsbc loaded and written to {path}; teamsbc-firewall.service "
+          f"loads it at boot (systemctl enable teamsbc-firewall; see: nft list table inet teamsbc)")
+    return 0
 
 
 def cmd_teams_setup(args: argparse.Namespace) -> int:
@@ -178,6 +216,10 @@ def cmd_teams_setup(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"\d{1,5}-\d{1,5}", args.media_ports):
         print(f"teamsbc teams-setup: --media-ports {args.media_ports!r}: expected LOW-HIGH", file=sys.stderr)
         return 2
+    if args.firewall:
+        return install_firewall(nftables(config, media_ports=args.media_ports,
+                                         pbx_media=tuple(args.pbx_media) if args.pbx_media else None),
+                                Path(args.firewall_file))
     if not args.firewall_only:
         print(powershell(config, max_sessions=args.max_sessions, usage=args.usage, route=args.route,
                          policy=args.policy, user=args.user, number=args.number))
@@ -206,6 +248,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--powershell-only", action="store_true", help="only the PowerShell")
     g.add_argument("--firewall-only", action="store_true", help="only the nftables rules")
+    g.add_argument("--firewall", action="store_true",
+                   help=f"write the nftables table to --firewall-file and load it now (root); "
+                        f"teamsbc-firewall.service loads that file at boot")
+    p.add_argument("--firewall-file", default=FIREWALL_FILE, metavar="PATH",
+                   help=f"where --firewall writes the table (default {FIREWALL_FILE})")
     p.set_defaults(func=cmd_teams_setup)
     return p
 

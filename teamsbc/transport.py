@@ -295,6 +295,14 @@ class Shell:
 
     # ------------------------------------------------------------------ TLS identity
     async def accept_tls(self, raw: asyncio.Transport) -> None:
+        # Debian 12's python3 (3.11.2) re-arms reading after connection_made paused it: its
+        # _SelectorTransport._add_reader, queued behind connection_made, ignores the pause (later
+        # releases check is_reading()), so the ClientHello was read into TlsAcceptor and lost.
+        # This first step of the task runs after that _add_reader and before the loop polls the
+        # socket again (removing the reader also cancels a read already queued): pausing once more
+        # here holds on every version.
+        raw.resume_reading()
+        raw.pause_reading()
         peer = raw.get_extra_info("peername") or ("?", 0)
         conn = StreamConn(self, TEAMS, "tls")
         try:

@@ -110,6 +110,12 @@ def run_cli(*args, cwd=None, env=None):
 
 
 def test_cli_check_exit_codes(confdir):
+    # check also loads the certificate (tests/test_preflight.py): a real pair for the good case
+    from teamsbc import labpki
+    pki = labpki.ensure_lab_pki(confdir / "pki", "sbc.example.com", ["sip.pstnhub.microsoft.com"])
+    live = confdir / "certs" / "live" / "sbc.example.com"
+    (live / "fullchain.pem").write_bytes(pki.sbc_fullchain.read_bytes())
+    (live / "privkey.pem").write_bytes(pki.sbc_key.read_bytes())
     ok = run_cli("check", "-c", str(write(confdir, GOOD)))
     assert ok.returncode == 0, ok.stderr
     assert "ok" in ok.stdout
@@ -130,4 +136,5 @@ def test_cli_run_with_unusable_certificate_exits_2(confdir):
     # the files exist but are not PEM: a clear TLS error before any socket is opened
     r = run_cli("run", "-c", str(write(confdir, GOOD)))
     assert r.returncode == 2, r.stderr
-    assert "TLS setup failed" in r.stderr and "Traceback" not in r.stderr
+    assert "teams.certificate: " in r.stderr and "is not a PEM certificate chain" in r.stderr
+    assert "fix: " in r.stderr and "Traceback" not in r.stderr

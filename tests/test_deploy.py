@@ -26,7 +26,7 @@ from teamsbc import labpki
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
-UNITS = ["teamsbc.service", "teamsbc-renew.service", "teamsbc-renew.timer"]
+UNITS = ["teamsbc.service", "teamsbc-renew.service", "teamsbc-renew.timer", "teamsbc-firewall.service"]
 HOST_UNITS = Path("/usr/lib/systemd/system")
 is_root = os.geteuid() == 0
 
@@ -106,18 +106,49 @@ def test_service_unit_settings():
     s = unit_settings((DEPLOY / "teamsbc.service").read_text())
     assert s["User"] == ["teamsbc"] and s["Group"] == ["teamsbc"]
     assert s["ExecStart"] == ["/opt/teamsbc/venv/bin/teamsbc run -c /etc/teamsbc/teamsbc.yaml"]
-    assert s["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
+    assert s["ExecReload"] == ["/bin/sh -c 'kill -HUP ${MAINPID}'"]
     assert s["Restart"] == ["on-failure"]
+    assert s["RestartPreventExitStatus"] == ["2"]      # config errors: fix, do not retry
+    assert "ExecStartPre" not in s                     # run does check's checks (exit 2, not retried)
     assert s["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
     assert s["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
     assert s["SystemCallFilter"] == ["@system-service"]
-    assert "/var/lib/teamsbc" in s["ReadWritePaths"][0] and "/etc/teamsbc/certs" in s["ReadWritePaths"][0]
+    # writes only its state directory: no other writable path
+    assert s["StateDirectory"] == ["teamsbc"] and "ReadWritePaths" not in s and "LogsDirectory" not in s
     for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
                        ("PrivateTmp", "yes"), ("ProtectKernelTunables", "yes"),
                        ("ProtectKernelModules", "yes"), ("ProtectKernelLogs", "yes"),
                        ("ProtectControlGroups", "yes")):
         assert s.get(key) == [value], key
     assert s["WantedBy"] == ["multi-user.target"]
+
+
+def test_renew_unit_writes_only_the_state_directory_as_the_sbc_user():
+    s = unit_settings((DEPLOY / "teamsbc-renew.service").read_text())
+    assert s["User"] == ["teamsbc"] and s["StateDirectory"] == ["teamsbc"] and s["ProtectSystem"] == ["strict"]
+    assert s["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]   # HTTP-01 on port 80
+    assert "ReadWritePaths" not in s and "ExecStartPost" not in s
+    example = yaml.safe_load((DEPLOY / "teamsbc.yaml.example").read_text())
+    # every place the installed SBC or renewal writes is inside that state directory
+    for where in (example["certs_dir"], example["cdr"]["path"], example["capture"]["trace_dir"]):
+        assert where.startswith("/var/lib/teamsbc/"), where
+    text = (DEPLOY / "teamsbc.service").read_text() + (DEPLOY / "teamsbc-renew.service").read_text()
+    assert "runs as root" not in text and "/etc/teamsbc/certs" not in text
+
+
+def test_cron_log_is_the_one_logrotate_rotates():
+    cron = (DEPLOY / "teamsbc-renew.cron").read_text()
+    log = re.search(r">>\s*(\S+)", cron).group(1)
+    rotated = re.findall(r"(?m)^(/\S+)", (DEPLOY / "logrotate-teamsbc").read_text())
+    import fnmatch
+    assert any(fnmatch.fnmatch(log, pattern) for pattern in rotated), (log, rotated)
+
+
+def test_firewall_unit_loads_the_file_teams_setup_writes():
+    from teamsbc.teams_setup import FIREWALL_FILE
+    s = unit_settings((DEPLOY / "teamsbc-firewall.service").read_text())
+    assert s["ExecStart"] == [f"/usr/sbin/nft -f {FIREWALL_FILE}"]
+    assert s["ConditionPathExists"] == [FIREWALL_FILE] and s["WantedBy"] == ["sysinit.target"]
 
 
 # --------------------------------------------------------------------------- other files
@@ -203,15 +234,17 @@ def test_install_sh_shell_syntax():
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not is_root, reason="install.sh runs as root (useradd --root)")
-def test_install_sh_into_a_root_prefix_is_idempotent(tmp_path):
+def test_install_sh_into_a_root_prefix_is_idempotent(tmp_path, release):
     root = tmp_path / "target"
     (root / "etc").mkdir(parents=True)
     for name in ("passwd", "group", "shadow", "gshadow"):
         if Path("/etc", name).exists():
             shutil.copy(Path("/etc", name), root / "etc" / name)
     started = time.monotonic()
-    r = run_bounded(["bash", str(DEPLOY / "install.sh"), "--root", str(root)], 600)
+    wheel = next(release.glob("teamsbc-*.whl"))   # install from the release file
+    r = run_bounded(["bash", str(DEPLOY / "install.sh"), "--root", str(root), "--package", str(wheel)], 600)
     assert r.returncode == 0, r.stdout[-5000:]
+    assert f"installing teamsbc from {wheel}" in r.stdout
     first = time.monotonic() - started
     venv_teamsbc = root / "opt/teamsbc/venv/bin/teamsbc"
     assert subprocess.run([str(venv_teamsbc), "--version"], capture_output=True, text=True,
@@ -220,8 +253,12 @@ def test_install_sh_into_a_root_prefix_is_idempotent(tmp_path):
     user = [l for l in (root / "etc/passwd").read_text().splitlines() if l.startswith("teamsbc:")]
     assert user and user[0].endswith(":/var/lib/teamsbc:/usr/sbin/nologin")
     uid, gid = int(user[0].split(":")[2]), int(user[0].split(":")[3])
-    st = (root / "var/lib/teamsbc").stat()
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o750)
+    for state in ("var/lib/teamsbc", "var/lib/teamsbc/certs"):
+        st = (root / state).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o750), state
+    st = (root / "etc/teamsbc").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, gid, 0o750)
+    assert not (root / "etc/teamsbc/certs").exists()      # certificates live in the state directory
     conf = root / "etc/teamsbc/teamsbc.yaml"
     assert conf.stat().st_gid == gid and conf.stat().st_mode & 0o777 == 0o640
     for unit in UNITS:
@@ -247,23 +284,14 @@ def repo_copy(dest: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_install_sh_in_a_clean_debian_12_root(tmp_path_factory):
-    """debootstrap --variant=minbase bookworm, then `chroot DIR bash /root/teamsbc/deploy/install.sh
-    --with-rtpengine` twice. Needs Debian's mirror (apt) and PyPI (pip) from the chroot."""
-    root = tmp_path_factory.mktemp("bookworm") / "root"
+def test_install_sh_in_a_clean_debian_12_root(tmp_path, bookworm_root):
+    """The run's Debian 12 root (tests/support/debroot.py), copied, then `chroot DIR bash
+    /root/teamsbc/deploy/install.sh --with-rtpengine` twice: a chroot, no systemd running
+    (tests/test_booted_systemd.py boots one). Needs Debian's archive (apt) and PyPI (pip)."""
+    from tests.support.debroot import copy_root
+    root = copy_root(bookworm_root, tmp_path / "root")
     timings = {}
     try:
-        t = time.monotonic()
-        r = run_bounded(["debootstrap", "--variant=minbase", "bookworm", str(root),
-                         "http://deb.debian.org/debian"], 900)
-        timings["debootstrap"] = time.monotonic() - t
-        assert r.returncode == 0, f"debootstrap failed (no route to Debian's mirror?):\n{r.stdout[-2000:]}"
-        # a site's TLS-inspecting proxy CA, if the host has one, the way an admin would add it
-        local_cas = list(Path("/usr/local/share/ca-certificates").glob("*.crt"))
-        if local_cas:
-            (root / "usr/local/share/ca-certificates").mkdir(parents=True, exist_ok=True)
-            for ca in local_cas:
-                shutil.copy(ca, root / "usr/local/share/ca-certificates" / ca.name)
         # package scripts must not start daemons in a chroot
         policy = root / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")

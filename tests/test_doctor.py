@@ -86,6 +86,30 @@ async def start_lab(procs, tmp_path, pki, *, resolve: dict[str, int], extra=None
     return sbc
 
 
+async def start_lab_serving(procs, tmp_path, pki, chain, key, *, resolve: dict[str, int], trusted=None):
+    """An SBC serving ``chain``/``key``, which `teamsbc run` refuses at start (expired, another
+    name): it starts with the good pair, which is then replaced on disk the way a renewal does
+    it (key first, chain last); the SBC's file watch loads it, as it would in production."""
+    import shutil
+    live = tmp_path / "live"
+    live.mkdir()
+    live_chain, live_key = live / "fullchain.pem", live / "privkey.pem"
+    shutil.copyfile(pki.sbc_fullchain, live_chain)
+    shutil.copyfile(pki.sbc_key, live_key)
+    teams = {"certificate": str(live_chain), "private_key": str(live_key)}
+    if trusted is not None:
+        teams["trusted_ca"] = str(trusted)
+    sbc = await start_lab(procs, tmp_path, pki, resolve=resolve, extra={"teams": teams})
+    for src, dst in ((key, live_key), (chain, live_chain)):
+        shutil.copyfile(src, dst.with_suffix(".new"))
+        os.replace(dst.with_suffix(".new"), dst)
+    for _ in range(150):   # the watch looks every 5 s
+        if "certificate reloaded (certificate files changed)" in sbc.log():
+            return sbc
+        await asyncio.sleep(0.1)
+    pytest.fail("the SBC did not load the replaced certificate:\n" + sbc.log())
+
+
 async def run_cli(argv: list[str], timeout: float = 60) -> tuple[int, str]:
     """`python -m teamsbc.doctor ...` as a subprocess, while this loop keeps serving the peers."""
     p = await asyncio.create_subprocess_exec(sys.executable, "-m", "teamsbc.doctor", *argv,
@@ -181,9 +205,8 @@ async def test_expired_certificate_fails_and_the_exit_code_counts_it(procs, tmp_
     peer = TeamsPeer(test_pki, sbc_port=0)
     await peer.listen(port)
     try:
-        sbc = await start_lab(procs, tmp_path, test_pki, resolve={n: port for n in TEAMS_NAMES},
-                              extra={"teams": {"certificate": str(chain), "private_key": str(key),
-                                               "trusted_ca": str(bundle)}})
+        sbc = await start_lab_serving(procs, tmp_path, test_pki, chain, key, trusted=bundle,
+                                      resolve={n: port for n in TEAMS_NAMES})
         rc, out = await run_cli(["-c", str(sbc.config_path), "--resolve", f"{SBC_FQDN}={LOOP}",
                                  "--timeout", "3", "--admin", closed_admin()])
     finally:
@@ -208,8 +231,8 @@ async def test_wrong_san_fails_cert_names(procs, tmp_path, test_pki):
     peer = TeamsPeer(test_pki, sbc_port=0)
     await peer.listen(port)
     try:
-        sbc = await start_lab(procs, tmp_path, test_pki, resolve={n: port for n in TEAMS_NAMES},
-                              extra={"teams": {"certificate": str(chain), "private_key": str(key)}})
+        sbc = await start_lab_serving(procs, tmp_path, test_pki, chain, key,
+                                      resolve={n: port for n in TEAMS_NAMES})
         results = await Doctor(cfg.load(sbc.config_path),
                                Options(resolve={SBC_FQDN: LOOP}, timeout=3, admin_url=closed_admin())).run_async()
     finally:

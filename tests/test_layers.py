@@ -23,7 +23,7 @@ FLOORS: dict[int, set[str]] = {
         "capture.traces", "metrics", "admin", "lab", "certs.acme_client", "certs.challenges",
         "certs.gate", "certs.store", "certs.policy", "certs.manager"},
     6: {"app", "cli", "__main__", "demo", "doctor", "teams_setup", "certs.cli", "certs.__main__",
-        "cdr.cli", "cdr.__main__", "preflight"},
+        "cdr.cli", "cdr.__main__", "preflight", "labdefault"},
 }
 MAX_LINES = 660
 

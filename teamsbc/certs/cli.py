@@ -87,6 +87,14 @@ def _run(args: argparse.Namespace, action) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
+    if args.cert_command in ("issue", "renew"):
+        # a store this user cannot write fails now, also when nothing is due (not at the
+        # first real renewal, weeks later)
+        from teamsbc import preflight
+        findings = preflight.store_findings(target.certs_dir, target.name)
+        if findings:
+            preflight.report(findings, target.source, lambda line: print(line, file=sys.stderr))
+            return EXIT_FAILED
     try:
         return action(target)
     except KeyboardInterrupt:
@@ -112,6 +120,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
             jitter = 0.0
         elif args.jitter is not None:
             jitter = args.jitter
+        elif args.force:   # "renew now" means now, also from a unit or cron
+            jitter = 0.0
         else:   # certbot: spread load on the CA when run from a timer, not when a human waits
             jitter = DEFAULT_JITTER if sys.stdin is None or not sys.stdin.isatty() else 0.0
         mgr = CertManager(target, lock_timeout=args.lock_timeout)

@@ -278,9 +278,16 @@ class CertManager:
         name = self.t.name
         notes: list[str] = []
         if not force and not dry_run:
-            decision, notes = self.decide(self.store.read())
+            try:
+                # the lock also when nothing is due: a store we cannot lock fails today
+                with self.store.lock(self.lock_timeout):
+                    decision, notes = self.decide(self.store.read())
+            except LockTimeout as e:
+                return self._failed("renewal", str(e))
             if not decision.due:
                 return self._not_due(decision, notes)
+            if decision.source == "missing":
+                jitter = 0.0   # the first certificate: someone is waiting for it
         if jitter > 0 and not dry_run:
             delay = (rng or random.Random()).uniform(0, jitter)
             log.info("%s: renewal due; waiting %.0f s first (jitter)", name, delay)
