@@ -26,7 +26,12 @@ import pwd
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .addresses import HostPort
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["Finding", "run_checks", "certificate_findings", "listener_findings", "state_findings",
            "store_findings", "report", "EXPIRY_WARN_DAYS"]
@@ -54,8 +59,8 @@ def user_name() -> str:
         return f"uid {os.geteuid()}"
 
 
-def _config_hint(config: Any) -> str:
-    src = getattr(config, "source", "FILE")
+def _config_hint(config: Config) -> str:
+    src = config.source
     return src if not src.startswith("<") else "FILE"
 
 
@@ -162,34 +167,33 @@ def certificate_findings(cert_path: Path, key_path: Path, names: Iterable[str], 
             probe.load_cert_chain(str(cert_path), str(key_path))
         except (ssl.SSLError, OSError) as e:
             out.append(Finding("teams.certificate", f"{cert_path} / {key_path}: OpenSSL refuses "
-                               f"the pair: {getattr(e, 'reason', None) or e}",
+                               f"the pair: {e.reason or e if isinstance(e, ssl.SSLError) else e}",
                                f"get a new pair: {issue}"))
     if trusted_ca is not None:
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=str(trusted_ca))
         except (ssl.SSLError, OSError) as e:
             out.append(Finding("teams.trusted_ca", f"{trusted_ca} is not a PEM bundle OpenSSL "
-                               f"loads: {getattr(e, 'strerror', None) or e}",
+                               f"loads: {e.strerror or e if isinstance(e, OSError) and not isinstance(e, ssl.SSLError) else e}",
                                "point teams.trusted_ca at the CA certificates that sign Teams' "
                                "certificate, or remove it (the bundled Microsoft roots)"))
     return out
 
 
 # --------------------------------------------------------------------------- listeners
-def _listeners(config: Any) -> list[tuple[str, str, Any]]:
+def _listeners(config: Config) -> list[tuple[str, str, HostPort]]:
     """(key, protocol, HostPort) of every socket the SBC binds."""
     out = [("teams.listen", "tcp", config.teams.listen),
            ("pbx.listen", config.pbx.transport, config.pbx.listen)]
-    admin = getattr(config, "admin", None)
-    if admin is not None and admin.enabled:
-        out.append(("admin.listen", "tcp", admin.listen))
-    serve = getattr(getattr(config, "acme", None), "serve_http01", None)
+    if config.admin.enabled:
+        out.append(("admin.listen", "tcp", config.admin.listen))
+    serve = config.acme.serve_http01
     if serve is not None:
         out.append(("acme.serve_http01", "tcp", serve))
     return out
 
 
-def listener_findings(config: Any) -> list[Finding]:
+def listener_findings(config: Config) -> list[Finding]:
     """Two sockets of the same protocol on the same port with overlapping addresses: the
     second bind fails (EADDRINUSE) and run would stop."""
     out = []
@@ -237,21 +241,20 @@ STATE_FIX = ("use a path the SBC's user owns: installed, that is the state direc
              "/var/lib/teamsbc (systemd StateDirectory=teamsbc), e.g. {example}")
 
 
-def state_findings(config: Any) -> list[Finding]:
+def state_findings(config: Config) -> list[Finding]:
     out = []
-    cdr = getattr(config, "cdr", None)
-    if cdr is not None and cdr.enabled:
+    cdr = config.cdr
+    if cdr.enabled:
         problem = writable_problem(cdr.path, directory=False)
         if problem:
             out.append(Finding("cdr.path", problem,
                                STATE_FIX.format(example="cdr.path: /var/lib/teamsbc/cdr.sqlite")
                                + "; or cdr.enabled: false"))
-    cap = getattr(config, "capture", None)
-    if cap is not None:
-        problem = writable_problem(cap.trace_dir, directory=True)
-        if problem:
-            out.append(Finding("capture.trace_dir", problem,
-                               STATE_FIX.format(example="capture.trace_dir: /var/lib/teamsbc/traces")))
+    cap = config.capture
+    problem = writable_problem(cap.trace_dir, directory=True)
+    if problem:
+        out.append(Finding("capture.trace_dir", problem,
+                           STATE_FIX.format(example="capture.trace_dir: /var/lib/teamsbc/traces")))
     return out
 
 
@@ -293,10 +296,10 @@ def store_findings(certs_dir: Path, name: str) -> list[Finding]:
 
 
 # --------------------------------------------------------------------------- together
-def run_checks(config: Any, *, now: dt.datetime | None = None) -> list[Finding]:
+def run_checks(config: Config, *, now: dt.datetime | None = None) -> list[Finding]:
     """Everything `teamsbc run` would otherwise fail on (or serve wrongly) at start."""
     t = config.teams
-    names = [config.sbc.fqdn, *getattr(t, "tenants", {})]
+    names = [config.sbc.fqdn, *t.tenants]
     return (certificate_findings(t.certificate, t.private_key, names,
                                  config_file=_config_hint(config), now=now,
                                  trusted_ca=t.trusted_ca)
