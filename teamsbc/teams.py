@@ -54,6 +54,7 @@ class TeamsIdentity:
         self.port = config.teams.signaling_port
         self.names = frozenset({self.fqdn, *config.teams.tenants})
         self.allow_refer = config.teams.allow_refer
+        self.strip_100rel = config.pbx.prack == "strip"   # reliable provisionals end at the SBC
         self._teams_hosts = set(config.teams.proxies) | set(config.teams.resolve)
 
     @property
@@ -142,16 +143,24 @@ def rewrite_toward_teams(msg: Message, ident: TeamsIdentity, fqdn: str | None = 
     allows = h.get_all("allow")
     if allows and not ident.allow_refer:
         h.set("allow", strip_refer(", ".join(allows)))  # several Allow lines are one list (RFC 3261 7.3.1)
+    drop = set()
     if isinstance(msg, Request):
         h.remove("replaces")  # Teams refuses Replaces from an SBC (since April 2022)
-        for name in ("supported", "require"):
-            v = h.get(name)
-            if v is not None:
-                opts = [o.strip() for o in v.split(",") if o.strip() and o.strip().lower() != "replaces"]
-                if opts:
-                    h.set(name, ", ".join(opts))
-                else:
-                    h.remove(name)
+        drop.add("replaces")
+    if ident.strip_100rel:
+        # Teams does no PRACK and answers Require: 100rel with 420 (pbx.prack, reliable.py)
+        drop.add("100rel")
+        h.remove("rseq")
+        h.remove("rack")
+    for name in ("supported", "require") if drop else ():
+        v = h.get(name)
+        if v is not None:
+            opts = [o.strip() for o in ", ".join(h.get_all(name)).split(",")
+                    if o.strip() and o.strip().lower() not in drop]
+            if opts:
+                h.set(name, ", ".join(opts))
+            else:
+                h.remove(name)
 
 
 def strip_refer(allow: str) -> str:
