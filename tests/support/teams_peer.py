@@ -27,6 +27,7 @@ messages are framed here by Content-Length and parsed with tests.support.sipp.pa
     # edge on top of the INVITE's); re-INVITE -> 200 + SDP; BYE -> 200 (481 for an unknown
     # dialog); CANCEL -> 200 (+ 487 for an unanswered INVITE); ACK -> recorded; others -> 200.
     peer.answers.append(Answer(503, ringing=False, retry_after=30))   # next new INVITE only
+    peer.answers.append(Answer(progress=True))   # 180, then 183 with SDP, then 200
     peer.default_answer = Answer(None)                                # never answer (ring only)
     peer.answers.append(Answer(sdp=lambda invite: "v=0..."))  # own SDP in the 200 (a str or a
                                    # function of the INVITE or re-INVITE), also used for re-INVITEs
@@ -36,6 +37,7 @@ messages are framed here by Content-Length and parsed with tests.support.sipp.pa
     call = await peer.invite(to="+14255550100", from_="+12065550123")  # waits for the final
     call.status, call.final, call.provisionals, call.route, call.remote_target
     await call.bye()               # -> the final Received (200); call.reinvite(sdp) likewise
+    await call.request("REFER", extra=["REFER-TO: <sip:...>"])   # any in-dialog request
     resp = await peer.options()    # out-of-dialog OPTIONS to sip:SBC_FQDN:PORT
     text, call_id = peer.options_request()   # the same, to send by hand: conn.send(text)
     conn = await peer.connect()    # the outbound connection (raises ssl.SSLError on a bad handshake)
@@ -105,6 +107,7 @@ class Answer:
     only ring, until CANCEL), a 180 first or not, optional Retry-After."""
     code: int | None = 200
     ringing: bool = True
+    progress: bool = False   # a 183 with SDP after the 180 (Teams' media processor answering early)
     retry_after: int | None = None
     reason: str | None = None
     # the SDP of the 2xx (and of the 200 to later re-INVITEs in this dialog): a string, or a
@@ -234,13 +237,15 @@ class Call:
     def status(self) -> int | None:
         return self.final.msg.status if self.final else None
 
-    async def request(self, method: str, *, body: str = "", timeout: float = 10.0) -> Received:
+    async def request(self, method: str, *, body: str = "", extra: Iterable[str] = (),
+                      timeout: float = 10.0) -> Received:
         """Send an in-dialog request along the route set (new CSeq, new branch) on the peer's
-        own connection; wait for its final response."""
+        own connection; wait for its final response. ``extra``: more header lines (e.g.
+        "REFER-TO: <...>")."""
         self.cseq += 1
         text = self.peer._build_request(
             method, self.remote_target, call_id=self.call_id, from_=self.local, to=self.remote,
-            cseq=self.cseq, route=self.route, body=body,
+            cseq=self.cseq, route=self.route, body=body, extra=extra,
             contact=CALLER_CONTACT if self.role == "uac" else ANSWER_CONTACT)
         return await self.peer._transact(text, self.call_id, self.cseq, method, timeout)
 
@@ -440,6 +445,9 @@ class TeamsPeer:
         self.respond(conn, req, 100)
         if answer.ringing:
             self.respond(conn, req, 180, to_tag=tag, contact=True, record_route=True)
+        if answer.progress:
+            self.respond(conn, req, 183, "Session Progress", to_tag=tag, contact=True, record_route=True,
+                         body=answer.sdp_for(req, "early"))
         if answer.code is None:
             self._pending[call.call_id] = (conn, req)
             return
