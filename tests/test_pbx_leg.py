@@ -1,7 +1,7 @@
 """Issue 16 in the sans-IO core: transfers by REFER, reliable provisionals (pbx.prack) both ways,
 ringback (pbx.early_media), delayed offer with rtpengine, UPDATE and INFO from the PBX. Bytes
 in, Send/MediaCall out, a float for a clock; rtpengine's replies are fed by hand (the real
-peers run in tests/test_e2e_pbx_interop.py)."""
+peers run in tests/test_e2e_pbx_interop.py and tests/test_e2e_transfer.py)."""
 from __future__ import annotations
 
 import re

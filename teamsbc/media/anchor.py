@@ -4,7 +4,9 @@ The proxy asks at three moments: a request it is about to relay (offer, answer i
 delete on BYE/CANCEL), a response with SDP it is about to relay (answer, or the offer of an
 offerless re-INVITE's 200), and a call that failed (delete). It gets back a `Step`: either a
 command to run and wait for (the SDP in the reply replaces the body) or one to fire and forget.
-Tags and per-side options come from sdp_policy (reference rtpengine.md).
+A PBX INVITE without SDP gets an offer the SBC makes for it (`late_offer`), and Teams' 2xx to
+it a second step, `for_late_offer` (late_offer.py). Tags and per-side options come from
+sdp_policy (reference rtpengine.md).
 """
 from __future__ import annotations
 
