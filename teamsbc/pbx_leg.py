@@ -107,19 +107,21 @@ class PbxLeg:
 
     # ------------------------------------------------------------------ a new relay
     def start(self, relay: Any, src: Source, step: MediaStep | None) -> LegState | None:
-        """The PBX leg's machines for a relayed INVITE that starts a call, if it needs any."""
+        """The PBX leg's machines for a relayed INVITE that starts a call, if it needs any (an
+        `Acker` comes with the first reliable provisional of the PBX: provisional())."""
+        if src.leg != PBX:
+            return None
         req = relay.request
-        if req.method != "INVITE" or req.to_addr.tag is not None:
+        sender = late = None
+        if self.prack_here and requires_100rel(req):
+            first = 1 + int.from_bytes(self.entropy(4), "big") % (2**31 - 2)
+            sender = self.senders[relay.call_id] = Sender(relay, req.cseq.number, first)
+        if step is not None and step.late_offer:
+            late = self.late[relay.call_id] = LateOffer(relay)
+        if sender is None and late is None and self.early_media == "pass":
             return None
         st = LegState()
-        if src.leg == PBX:
-            if self.prack_here and requires_100rel(req):
-                first = 1 + int.from_bytes(self.entropy(4), "big") % (2**31 - 2)
-                st.sender = self.senders[relay.call_id] = Sender(relay, req.cseq.number, first)
-            if step is not None and step.late_offer:
-                st.late = self.late[relay.call_id] = LateOffer(relay)
-        elif self.prack_here:
-            st.acker = Acker()
+        st.sender, st.late = sender, late
         return st
 
     def due(self, obj: Sender | LateOffer, now: float, out: list) -> None:
@@ -222,9 +224,12 @@ class PbxLeg:
     def provisional(self, relay: Any, ctx: Any, resp: Response, now: float, out: list) -> bool:
         """A provisional from the PBX to Teams' INVITE: PRACKed here when reliable (RFC 3262 4).
         False: drop it (a retransmission, or out of order)."""
-        st: LegState | None = relay.pbx
-        if st is None or st.acker is None or not requires_100rel(resp):
+        if not self.prack_here or relay.src.leg == PBX or not requires_100rel(resp):
             return True
+        st: LegState = relay.pbx or LegState()
+        relay.pbx = st
+        if st.acker is None:
+            st.acker = Acker()
         rseq = st.acker.take(resp)
         if rseq is None:
             return False

@@ -235,7 +235,7 @@ class Proxy:
         relay = Relay(sv, src, req, decision, loop, offering=step is not None and step.wait,
                       failover_after=self.invite_timeout)
         sv.relay = relay
-        relay.pbx = self.pbx.start(relay, src, step)
+        relay.pbx = self.pbx.start(relay, src, step) if new_call else None
         if step is not None and not step.wait:
             out.append(MediaCall(None, step.command))
         elif step is not None:
@@ -425,7 +425,7 @@ class Proxy:
             self.t.schedule(relay)
         if status == 100:
             return
-        if status < 200 and not self.pbx.provisional(relay, ctx, resp, now, out):
+        if status < 200 and relay.is_invite and not self.pbx.provisional(relay, ctx, resp, now, out):
             return  # a retransmitted reliable provisional of the PBX (reliable.py)
         self._media_then_relay(relay, ctx, resp, now, out)
 

@@ -118,11 +118,13 @@ class Router:
                 "Warning", f'399 {self.teams.fqdn} "INVITE without SDP (delayed offer) is not supported '
                            'by Teams without media.rtpengine: enable early offer on the PBX trunk"')],
                 log="INVITE without SDP from the PBX (delayed offer) and no rtpengine")
-        self.pop_own_routes(req)
-        req.headers.remove("route")  # a route preloaded by the PBX: where calls go is decided here
-        if self.teams.is_teams_host(req.ruri.host):
+        if "route" in req.headers:  # preloaded by the PBX (its outbound proxy): popped; where calls go
+            self.pop_own_routes(req)  # is decided here, so nothing else of it is relayed
+            req.headers.remove("route")
+        ruri = req.ruri
+        if self.teams.is_teams_host(ruri.host):
             return self.transfer_target(req, src, now)
-        number = to_e164(req.ruri.user or "", self.config.numbers)
+        number = to_e164(ruri.user or "", self.config.numbers)
         if number is None:
             return Reply(484, "Address Incomplete", log=f"{req.ruri.user!r} cannot be made +E.164 "
                          "(not a number, or a national number without numbers.country_code)")
