@@ -122,7 +122,7 @@ class Router:
             self.pop_own_routes(req)  # is decided here, so nothing else of it is relayed
             req.headers.remove("route")
         ruri = req.ruri
-        if self.teams.is_teams_host(ruri.host):
+        if self.teams.is_teams_host(ruri.host) and (ruri.user is None or ruri.user.startswith("+")):
             return self.transfer_target(req, src, now)
         number = to_e164(ruri.user or "", self.config.numbers)
         if number is None:

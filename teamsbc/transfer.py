@@ -10,14 +10,16 @@ the SBC to the `Refer-To` URI. That URI names a Teams host and is one of
 and Teams wants it back as the Request-URI exactly as it sent it (the x-* parameters are how it
 finds the user and the tenant), with `Referred-By` as it sent it (up to 400 characters).
 
-So a new INVITE from the PBX whose Request-URI names a Teams host is a transfer target: it is
-passed unchanged when it has the shape of a Refer-To (a +E.164 user, or no user and both x-m and
-x-t), refused otherwise. It still only ever goes to the configured Teams proxies, never to the
+So a new INVITE from the PBX whose Request-URI names a Teams host with a `+` user or no user is
+a transfer target: it is passed unchanged when it has the shape of a Refer-To (a +E.164 user,
+or no user and both x-m and x-t), refused otherwise. (A national number at a Teams host is an
+ordinary call from a PBX whose trunk names Teams: made +E.164 as always.) It still only ever goes to the configured Teams proxies, never to the
 host in the URI: the SBC relays nothing anywhere but Teams <-> PBX.
 
 A transferee that does not copy Referred-By into its INVITE (RFC 3892 says it SHOULD; baresip,
 for one, does not) gets the one Teams sent with the REFER put back: `TransferBook` remembers,
-for a short while, the Referred-By of each Refer-To it saw go to the PBX.
+for a short while, the Referred-By of each Refer-To it saw go to the PBX. Two transfers to the
+same target at once with different Referred-By cannot be told apart: then none is added.
 """
 from __future__ import annotations
 
@@ -54,6 +56,9 @@ def refer_to_uri(value: str | None) -> str | None:
         return None
 
 
+AMBIGUOUS = ""   # two different Referred-By for one Refer-To within REMEMBER_FOR
+
+
 class TransferBook:
     """Refer-To URI -> the Referred-By Teams sent with it, for REMEMBER_FOR seconds. Bounded:
     only REFERs from Teams (mutually authenticated) are written, at most REMEMBER_AT_MOST."""
@@ -62,19 +67,25 @@ class TransferBook:
         self._book: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def remember(self, refer_to: str, referred_by: str, now: float) -> None:
-        self._book.pop(refer_to, None)
+        self._expire(now)
+        old = self._book.pop(refer_to, None)
+        if old is not None and old[0] != referred_by:
+            referred_by = AMBIGUOUS
         self._book[refer_to] = (referred_by, now + REMEMBER_FOR)
         while len(self._book) > REMEMBER_AT_MOST:
             self._book.popitem(last=False)
 
     def referred_by(self, uri: str, now: float) -> str | None:
-        while self._book:  # forget what has expired (oldest first)
+        self._expire(now)
+        entry = self._book.get(uri)
+        return entry[0] if entry and entry[0] != AMBIGUOUS else None
+
+    def _expire(self, now: float) -> None:
+        while self._book:  # oldest first
             oldest, (_, until) = next(iter(self._book.items()))
             if until > now:
                 break
             del self._book[oldest]
-        entry = self._book.get(uri)
-        return entry[0] if entry else None
 
     def __len__(self) -> int:
         return len(self._book)

@@ -138,11 +138,16 @@ def test_transferee_referred_by_of_its_own_passes_unchanged_and_memory_expires(t
     book.remember(MRI_URI, REFERRED_BY, 0.0)
     assert book.referred_by(MRI_URI, 63.0) == REFERRED_BY
     assert book.referred_by(MRI_URI, 65.0) is None and len(book) == 0
+    # two transfers to one target at once, by different people: no guess
+    book.remember(PSTN_URI, REFERRED_BY, 100.0)
+    book.remember(PSTN_URI, "<sip:sip.pstnhub.microsoft.com;x-m=8:orgid:other>", 101.0)
+    assert book.referred_by(PSTN_URI, 102.0) is None
 
 
 @pytest.mark.parametrize("ruri, why", [
     ("sip:sip.pstnhub.microsoft.com;x-m=8:orgid:1", "x-t"),
     ("sip:sip.pstnhub.microsoft.com", "x-m and x-t"),
+    ("sip:+1-425@sip.pstnhub.microsoft.com", "not a +E.164"),
     ("sip:alice@sip.pstnhub.microsoft.com", "not a +E.164"),
 ])
 def test_invite_to_a_teams_host_that_is_no_refer_to_is_refused(tmp_path, ruri, why):
@@ -150,6 +155,13 @@ def test_invite_to_a_teams_host_that_is_no_refer_to_is_refused(tmp_path, ruri, w
     proxy = proxy_with(tmp_path)
     _, sends = split(proxy.receive(transferee_invite(ruri), PBX_SRC, 0.0))
     assert [m.status for _, m in sends] == [484]
+
+
+def test_a_national_number_at_a_teams_host_is_an_ordinary_call(tmp_path):
+    """A PBX whose trunk names Teams' host: the number is made +E.164 as for any call."""
+    proxy = proxy_with(tmp_path)
+    _, sends = split(proxy.receive(transferee_invite("sip:02071234567@sip.pstnhub.microsoft.com"), PBX_SRC, 0.0))
+    assert sends[1][1].uri == "sip:+442071234567@sip.pstnhub.microsoft.com:5061;user=phone;transport=tls"
 
 
 def test_invite_naming_a_foreign_host_still_only_goes_to_teams(tmp_path):
