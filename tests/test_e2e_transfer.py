@@ -14,7 +14,8 @@ Teams calls the PBX user (baresip answers), then sends REFER into that dialog:
   authenticates with rtpengine's key and decodes to the tone; Teams' packets reach baresip
   (its own RTP counters when the leg ends).
 Both targets: a Teams user (`sip:sip.pstnhub.microsoft.com;x-m=...;x-t=...`, no user part) and
-a PSTN number (`sip:+E164@sip.pstnhub.microsoft.com;user=phone`).
+a PSTN number (`sip:+E164@sip.pstnhub.microsoft.com;user=phone`). The default (`allow_refer:
+false`) keeps REFER out of the Allow Teams sees, so Teams transfers by itself.
 """
 from __future__ import annotations
 
@@ -70,12 +71,13 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(procs: ProcessManager, tmp_path: Path, pki) -> AsyncIterator[Rig]:
+async def rig(procs: ProcessManager, tmp_path: Path, pki, allow_refer: bool = True) -> AsyncIterator[Rig]:
     engine = RtpEngine(procs).start()
     peer_port, pbx_port = free_port("tcp"), free_port("both")
     sbc = SbcProcess(tmp_path, procs, pki, pbx_port=pbx_port, pbx_transport="udp",
                      teams_resolve={name: peer_port for name in TEAMS_NAMES},
-                     extra={"teams": {"allow_refer": True}, "media": {**MEDIA, "rtpengine": [engine.ng_udp]}})
+                     extra={"teams": {"allow_refer": allow_refer},
+                            "media": {**MEDIA, "rtpengine": [engine.ng_udp]}})
     pbx = Baresip(procs, tmp_path, user=PBX_USER, sip_port=pbx_port,
                   outbound=("127.0.0.1", sbc.pbx_listen_port))
     peer = TeamsPeer(pki, sbc_port=sbc.teams_port)
@@ -132,6 +134,7 @@ async def test_refer_from_teams_transfers_the_pbx_user_with_media(procs, tmp_pat
         k32, _ = new_key(2, "AES_CM_128_HMAC_SHA1_32")
         call = await r.peer.invite(to=PBX_USER, from_=TEAMS_CALLER, sdp=teams_offer_sdp(sock1.port, key80=k80, key32=k32))
         assert call.status == 200, r.diag()
+        assert "REFER" in call.final.msg.header("allow"), r.diag()   # Teams may transfer by REFER
         await r.pbx.wait_event("CALL_ESTABLISHED", WAIT)
 
         # ---- Teams transfers it
@@ -199,6 +202,21 @@ async def test_refer_from_teams_transfers_the_pbx_user_with_media(procs, tmp_pat
         assert stats[-1][1] == 50 and stats[-1][2] == 0, (stats, r.diag())
         sock1.close()
         sock2.close()
+
+
+async def test_without_allow_refer_teams_is_not_offered_refer(procs, tmp_path, test_pki):
+    """The default: REFER is hidden from Teams, which then transfers calls itself (reference 7)."""
+    async with rig(procs, tmp_path, test_pki, allow_refer=False) as r:
+        sock = await MediaSocket.open(TEAMS_IP)
+        k80, _ = new_key(1)
+        k32, _ = new_key(2, "AES_CM_128_HMAC_SHA1_32")
+        call = await r.peer.invite(to=PBX_USER, from_=TEAMS_CALLER, sdp=teams_offer_sdp(sock.port, key80=k80, key32=k32))
+        d = r.diag()
+        assert call.status == 200, d
+        allow = [m.strip().upper() for m in call.final.msg.header("allow").split(",")]
+        assert "INVITE" in allow and "REFER" not in allow, d      # baresip's Allow has REFER
+        assert (await call.bye()).msg.status == 200, r.diag()
+        sock.close()
 
 
 async def _stats(r: Rig, count: int) -> list[tuple[int, int, int]]:
