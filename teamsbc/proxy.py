@@ -18,12 +18,12 @@ from typing import Any, Callable
 from .decisions import (PBX, TEAMS, Destination, Drop, Forward, Gate, Leg, MediaCall, MediaPlanner,
                         MediaStep, Reply, RoutingPolicy, Send, Source, Target)
 from .events import CallAnswered, CallEnded, CallEvent, CallFailed, CallStarted, Counters
+from .dialog_end import ack_and_bye
 from .hops import forwardable, is_my_via, loop_hash, stamp_via
 from .pbx_leg import TIMERS, PbxLeg
 from .relay import Event as E
 from .relay import MediaOp, Relay
 from .relay import State as S
-from .dialog_end import ack_and_bye
 from .sip.build import branch as make_branch
 from .sip.build import bare_error_response, build_cancel
 from .sip.errors import LocalProtocolError, ParseError, ProtocolError
@@ -498,7 +498,7 @@ class Proxy:
         if problem:
             log.error("call refused: %s call_id=%s", problem, relay.call_id)
             self.final_local(relay, 488, "SDP Too Large For UDP Trunk", now, out,
-                              [("Warning", f'399 sbc "{problem}"')])
+                             [("Warning", f'399 sbc "{problem}"')])
             return
         relay.decision.request.body = sdp.encode()
         relay.decision.request.headers.set("content-type", "application/sdp")
@@ -540,7 +540,7 @@ class Proxy:
 
     # ---------------------------------------------------------------- answers upstream
     def final_local(self, relay: Relay, status: int, reason: str, now: float, out: list,
-                     headers: list | None = None) -> None:
+                    headers: list | None = None) -> None:
         """Answer the relayed request ourselves and forget its media."""
         relay.on(E.FINAL_SENT, now)
         self.pbx.respond(relay, self.local_response(
@@ -638,7 +638,7 @@ class Proxy:
     def _call_started(self, req: Request, src: Source, identity: str | None, now: float) -> None:
         other = PBX if src.leg == TEAMS else TEAMS
         self.event(CallStarted(req.call_id, f"{src.leg}->{other}", identity,
-                                user_part(req.headers.get("from")), user_part(req.headers.get("to"))), now)
+                               user_part(req.headers.get("from")), user_part(req.headers.get("to"))), now)
 
     def _failed_upstream(self, relay: Relay, status: int, reason: str, now: float) -> None:
         if relay.is_invite and relay.request.to_addr.tag is None:

@@ -10,8 +10,8 @@ peer health in health.py.
     new call from Teams                         -> its PBX trunk (by tenant FQDN); 503 at once if that PBX is down
     new call from the PBX                       -> Teams: sip, sip2, sip3 (those not down), next one on
                                                    silence, transport failure, 408 or 503
-    new call from the PBX to a Teams host       -> a transfer target (Refer-To): the same proxies, the
-                                                   Request-URI unchanged (transfer.py)
+    new call from the PBX to a Teams host       -> a transfer target (a Refer-To: +E.164 or no user): the
+                                                   same proxies, the Request-URI unchanged (transfer.py)
     UPDATE, INFO in a dialog from the PBX       -> answered here, never relayed (pbx_requests.py)
 """
 from __future__ import annotations
