@@ -34,10 +34,11 @@ def build(config: Config, now: float | None = None, *, keepalive: bool = False,
     """The sans-IO core. With `keepalive`, OPTIONS pings start at `now` (the first ones at once)."""
     health = HealthBook()
     router = Router(config, health, entropy=entropy)
-    media = MediaAnchor(config.media) if config.media.rtpengine else None
+    media = MediaAnchor(config.media, config.pbx.address.host) if config.media.rtpengine else None
     guard = Guard(config, router.tenant_of_call)  # who may talk to us and how much
     proxy = Proxy(router, guard, entropy=entropy, media=media,
-                  invite_timeout=config.teams.invite_timeout)
+                  invite_timeout=config.teams.invite_timeout, prack=config.pbx.prack,
+                  early_media=config.pbx.early_media)
     if now is not None:
         guard.start(now)
         proxy.add_timed(guard)  # counters report and stale-entry cleanup

@@ -83,6 +83,7 @@ class Reply:
     reason: str
     headers: list[tuple[str, str]] = field(default_factory=list)
     log: str | None = None  # why, for the log line
+    media: dict[str, Any] | None = None  # an NG command that must succeed first (INFO DTMF -> play DTMF)
 
 
 @dataclass(slots=True)
@@ -118,6 +119,7 @@ class DialogHop:
 class MediaStep:
     command: dict[str, Any]
     wait: bool            # True: relay the message only with the SDP from the reply
+    late_offer: bool = False  # the SBC offers for a PBX INVITE without SDP (late_offer.py)
 
 
 # --- the policies' interfaces -------------------------------------------------------------
@@ -148,6 +150,9 @@ class RoutingPolicy(Protocol):
 
     def dialog_hop(self, resp: Response, leg: str) -> DialogHop | None:
         """Where an ACK/BYE of ours for the dialog of this 2xx goes on `leg`, or None."""
+
+    def caller_hop(self, invite: Request, leg: str) -> DialogHop | None:
+        """Where a request of ours toward the caller of this INVITE goes on `leg`, or None."""
 
     def stray_destination(self, resp: Response, src: Source) -> Destination | None:
         """Where a 2xx to INVITE with no transaction left (restart) goes, or None."""
@@ -191,6 +196,8 @@ class MediaPlanner(Protocol):
     def for_request(self, req: Request, toward: str) -> MediaStep | None: ...
 
     def for_response(self, resp: Response, request: Request, toward: str) -> MediaStep | None: ...
+
+    def for_late_offer(self, teams_sdp: str, resp: Response, request: Request) -> MediaStep: ...
 
     def for_failed_call(self, request: Request) -> MediaStep | None: ...
 

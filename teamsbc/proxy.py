@@ -10,7 +10,6 @@ detection, CANCEL, the relay state machine (relay.py), responses back upstream.
 """
 from __future__ import annotations
 
-import enum
 import hashlib
 import itertools
 import logging
@@ -19,12 +18,14 @@ from typing import Any, Callable
 from .decisions import (PBX, TEAMS, Destination, Drop, Forward, Gate, Leg, MediaCall, MediaPlanner,
                         MediaStep, Reply, RoutingPolicy, Send, Source, Target)
 from .events import CallAnswered, CallEnded, CallEvent, CallFailed, CallStarted, Counters
+from .dialog_end import ack_and_bye
 from .hops import forwardable, is_my_via, loop_hash, stamp_via
+from .pbx_leg import TIMERS, PbxLeg
 from .relay import Event as E
-from .relay import Relay
+from .relay import MediaOp, Relay
 from .relay import State as S
 from .sip.build import branch as make_branch
-from .sip.build import bare_error_response, build_cancel, new_request
+from .sip.build import bare_error_response, build_cancel
 from .sip.errors import LocalProtocolError, ParseError, ProtocolError
 from .sip.message import Request, Response, make_response, parse_message, retry_after
 from .sip.transaction import (T1, ClientTransaction, Deliver, TimedOut, Transmit, TransportFailed,
@@ -37,16 +38,10 @@ log = logging.getLogger("teamsbc.proxy")
 Entropy = Callable[[int], bytes]   # os.urandom, or a seeded source in tests
 
 
-class MediaOp(enum.Enum):
-    """What an rtpengine reply continues (Proxy.media_done)."""
-    OFFER = "offer"        # a request waits for its SDP: (relay,)
-    ANSWER = "answer"      # a response waits for its SDP: (relay, ctx, response)
-    ACK = "ack"            # an ACK for a 2xx waits for its SDP: (ack, decision)
-
-
 class Proxy:
     def __init__(self, policy: RoutingPolicy, gate: Gate, *, entropy: Entropy,
-                 media: MediaPlanner | None = None, invite_timeout: float = 4.0):
+                 media: MediaPlanner | None = None, invite_timeout: float = 4.0,
+                 prack: str = "strip", early_media: str = "pass"):
         self.policy = policy
         self.gate = gate
         self.media = media  # None: signalling only
@@ -60,6 +55,7 @@ class Proxy:
         self._secret = entropy(8).hex()
         self.counters = Counters()
         self._events: list[CallEvent] = []
+        self.pbx = PbxLeg(self, policy, entropy=entropy, prack=prack, early_media=early_media)
 
     # ---------------------------------------------------------------- entry points
     def receive(self, data: bytes, src: Source, now: float) -> list[Send | MediaCall]:
@@ -125,6 +121,8 @@ class Proxy:
                 self._client_events(owner, obj, dest, obj.handle_timer(now), now, out)
             elif isinstance(obj, ServerEntry):
                 self.t.server_events(obj, obj.st.handle_timer(now), out)
+            elif isinstance(obj, TIMERS):
+                self.pbx.due(obj, now, out)
             else:
                 out += obj.handle_timer(now)
             self.t.schedule(obj)
@@ -141,8 +139,10 @@ class Proxy:
             self._offer_done(*args, result, now, out)
         elif kind is MediaOp.ANSWER:
             self._answer_done(*args, result, now, out)
+        elif kind is MediaOp.REPLY:
+            self.pbx.reply_done(*args, result, now, out)
         else:
-            self._ack_answer_done(*args, result, out)
+            self._ack_answer_done(*args, result, now, out)
         return out
 
     def originate(self, req: Request, dest: Destination, now: float, on_result: Any,
@@ -194,7 +194,7 @@ class Proxy:
                 log.info("answered %s from %s:%d with %d (%s) call_id=%s", req.method, *src.addr,
                          verdict.status, verdict.log, req.call_id)
                 sv = self.t.new_server(req, src, key, now)
-                self.t.respond(sv, self._local_response(req, verdict, src.leg), now, out)
+                self.t.respond(sv, self.local_response(req, verdict, src.leg), now, out)
             return
         if req.method == "CANCEL":
             self._on_cancel(req, src, now, out)
@@ -203,8 +203,10 @@ class Proxy:
         loop = loop_hash(req, self._secret)
         problem = forwardable(req, loop, self.legs.values())
         if problem is not None:
-            self.t.respond(sv, self._local_response(req, Reply(*problem), src.leg), now, out)
+            self.t.respond(sv, self.local_response(req, Reply(*problem), src.leg), now, out)
             return
+        if req.method == "PRACK" and src.leg == PBX and self.pbx.prack(req, src, sv, now, out):
+            return  # one of our reliable provisionals (reliable.py)
         decision = self.policy.request(req, src, now)
         if isinstance(decision, Drop):
             self.stats["rejected"] += 1
@@ -215,28 +217,29 @@ class Proxy:
         if isinstance(decision, Reply):
             if new_call and decision.status >= 300 and decision.status != 403:
                 self._call_started(req, src, None, now)  # refused calls have a record too
-                self._event(CallFailed(req.call_id, decision.status, decision.reason), now)
+                self.event(CallFailed(req.call_id, decision.status, decision.reason), now)
             if decision.status >= 400:
                 self.stats["rejected"] += 1
                 log.info("answered %s from %s:%d with %d %s%s call_id=%s", req.method, *src.addr,
                          decision.status, decision.reason,
                          f" ({decision.log})" if decision.log else "", req.call_id)
-            self.t.respond(sv, self._local_response(req, decision, src.leg), now, out)
+            self.pbx.answer(sv, req, decision, src.leg, now, out)  # (after rtpengine, for INFO DTMF)
             return
         if req.method == "INVITE":  # only now: a dropped request gets nothing at all
-            self.t.respond(sv, self._local_response(req, Reply(100, "Trying"), src.leg), now, out)
+            self.t.respond(sv, self.local_response(req, Reply(100, "Trying"), src.leg), now, out)
             if new_call:
                 self._call_started(req, src, decision.identity, now)
         elif req.method == "BYE":
-            self._event(CallEnded(req.call_id, src.leg), now)
+            self.event(CallEnded(req.call_id, src.leg), now)
         step = self.media.for_request(decision.request, decision.targets[0].dest.leg) if self.media else None
         relay = Relay(sv, src, req, decision, loop, offering=step is not None and step.wait,
                       failover_after=self.invite_timeout)
         sv.relay = relay
+        relay.pbx = self.pbx.start(relay, src, step) if new_call else None
         if step is not None and not step.wait:
             out.append(MediaCall(None, step.command))
         elif step is not None:
-            self._await_media(MediaOp.OFFER, (relay,), step, out)
+            self.await_media(MediaOp.OFFER, (relay,), step, out)
             return
         self._next_target(relay, now, out)
 
@@ -250,11 +253,11 @@ class Proxy:
             return
         self.t.respond(csv, make_response(cancel, 200, "OK"), now, out)
         if relay.state is S.OFFERING:  # no branch yet: nothing to cancel downstream
-            self._final_local(relay, 487, "Request Terminated", now, out)
+            self.final_local(relay, 487, "Request Terminated", now, out)
             return
-        self._cancel_branch(relay, now, out)
+        self.cancel_branch(relay, now, out)
 
-    def _cancel_branch(self, relay: Relay, now: float, out: list) -> None:
+    def cancel_branch(self, relay: Relay, now: float, out: list) -> None:
         """The caller (or the SBC) gives up the current branch: CANCEL now if it has answered
         provisionally, else on its first provisional (RFC 3261 9.1)."""
         sent_before = relay.state is S.CANCELLING
@@ -285,20 +288,24 @@ class Proxy:
                 decision.log or decision.reason if isinstance(decision, Reply) else "no target")
             log.info("ACK from %s:%d not routable: %s call_id=%s", *src.addr, why, ack.call_id)
             return
+        if self.pbx.ack(ack, src, decision, now, out):
+            return  # the answer to the SBC's own offer (late_offer.py)
         step = self.media.for_request(decision.request, decision.targets[0].dest.leg) if self.media else None
         if step is not None and step.wait:
-            self._await_media(MediaOp.ACK, (ack, decision), step, out)
+            self.await_media(MediaOp.ACK, (ack, decision), step, out)
             return
-        self._send_stateless_ack(ack, decision, out)
+        self.send_stateless_ack(ack, decision, out)
 
-    def _ack_answer_done(self, ack: Request, decision: Forward, reply: Any, out: list) -> None:
+    def _ack_answer_done(self, ack: Request, decision: Forward, reply: Any, now: float, out: list) -> None:
+        if self.pbx.ack_answered(ack, decision, reply, now, out):
+            return
         if isinstance(reply, Exception):
             log.error("rtpengine answer for ACK failed (%s) call_id=%s", reply, ack.call_id)
             return
         decision.request.body = str(reply.get("sdp", "")).encode()
-        self._send_stateless_ack(ack, decision, out)
+        self.send_stateless_ack(ack, decision, out)
 
-    def _send_stateless_ack(self, ack: Request, decision: Forward, out: list) -> None:
+    def send_stateless_ack(self, ack: Request, decision: Forward, out: list) -> None:
         target = decision.targets[0]
         req = decision.request
         incoming_branch = ack.top_via.branch or ""
@@ -334,6 +341,8 @@ class Proxy:
         for entry in reversed(record_route or ()):
             h.add_first("record-route", entry)
         h.add_first("via", out_leg.via(target.dest.transport, branch))
+        if target.dest.leg == PBX:
+            self.pbx.shift.apply(req)
         self.policy.egress(req, target.dest.leg, identity)
 
     def _relay_deadline(self, relay: Relay, now: float, out: list) -> None:
@@ -344,13 +353,13 @@ class Proxy:
             # RFC 3261 16.6 step 11: no final answer for 3 minutes after the last provisional
             log.warning("no final answer within %ds (Timer C), cancelling call_id=%s", 180, relay.call_id)
             if ctx is not None and ctx.state == "proceeding":
-                self._cancel_branch(relay, now, out)
+                self.cancel_branch(relay, now, out)
             elif ctx is not None:
                 relay.abandoned.append(ctx)  # cancelled when it speaks (RFC 3261 9.1)
-            self._final_local(relay, 408, "Request Timeout", now, out)
+            self.final_local(relay, 408, "Request Timeout", now, out)
         elif kind == "cancel":
             log.warning("no final answer after CANCEL, ending it here call_id=%s", relay.call_id)
-            self._final_local(relay, 487, "Request Terminated", now, out)
+            self.final_local(relay, 487, "Request Terminated", now, out)
         elif kind == "failover" and ctx is not None:
             # no answer at all from this target within invite_timeout (reference 5)
             log.warning("no answer from %s within %.1fs, failing over call_id=%s",
@@ -416,6 +425,8 @@ class Proxy:
             self.t.schedule(relay)
         if status == 100:
             return
+        if status < 200 and relay.is_invite and not self.pbx.provisional(relay, ctx, resp, now, out):
+            return  # a retransmitted reliable provisional of the PBX (reliable.py)
         self._media_then_relay(relay, ctx, resp, now, out)
 
     def _media_then_relay(self, relay: Relay, ctx: ClientTransaction, resp: Response, now: float,
@@ -425,9 +436,9 @@ class Proxy:
             if relay.answering is not None:
                 relay.queue.append((ctx, resp))  # keep the order of responses
                 return
-            step = self.media.for_response(resp, ctx.request, relay.src.leg)
+            step = self.pbx.response_step(relay, ctx, resp, now)
             if step is not None:
-                relay.answering = self._await_media(MediaOp.ANSWER, (relay, ctx, resp), step, out)
+                relay.answering = self.await_media(MediaOp.ANSWER, (relay, ctx, resp), step, out)
                 return
         self._relay_response(relay, ctx, resp, now, out)
 
@@ -450,7 +461,7 @@ class Proxy:
             self._upstream(relay, resp, now, out)  # every 2xx goes up (RFC 6026)
             relay.on(E.FINAL_SENT, now)
             if first and relay.is_invite and relay.request.to_addr.tag is None:
-                self._event(CallAnswered(relay.call_id), now)
+                self.event(CallAnswered(relay.call_id), now)
             return
         if relay.done:
             return
@@ -463,10 +474,10 @@ class Proxy:
         relay.on(E.FINAL_SENT, now)
         self._upstream(relay, resp, now, out)
         self._failed_upstream(relay, resp.status, resp.reason, now)
-        self._media_forget(relay, out)
+        self.media_forget(relay, out)
 
     # ---------------------------------------------------------------- media (rtpengine)
-    def _await_media(self, kind: MediaOp, args: tuple, step: MediaStep, out: list) -> int:
+    def await_media(self, kind: MediaOp, args: tuple, step: MediaStep, out: list) -> int:
         op = next(self._op_seq)
         self._media_ops[op] = (kind, args)
         out.append(MediaCall(op, step.command))
@@ -474,22 +485,23 @@ class Proxy:
 
     def _offer_done(self, relay: Relay, reply: Any, now: float, out: list) -> None:
         if relay.done:
-            self._media_forget(relay, out)  # CANCELled while rtpengine was working
+            self.media_forget(relay, out)  # CANCELled while rtpengine was working
             return
         if isinstance(reply, Exception) or "sdp" not in reply:
             why = reply if isinstance(reply, Exception) else "reply without sdp"
             log.error("media offer failed, call refused: %s call_id=%s", why, relay.call_id)
-            self._final_local(relay, 503, "Service Unavailable", now, out)
+            self.final_local(relay, 503, "Service Unavailable", now, out)
             return
         sdp = str(reply["sdp"])
         first = relay.decision.targets[0].dest
         problem = self.media.sdp_problem(sdp, first.leg, first.transport) if self.media else None
         if problem:
             log.error("call refused: %s call_id=%s", problem, relay.call_id)
-            self._final_local(relay, 488, "SDP Too Large For UDP Trunk", now, out,
-                              [("Warning", f'399 sbc "{problem}"')])
+            self.final_local(relay, 488, "SDP Too Large For UDP Trunk", now, out,
+                             [("Warning", f'399 sbc "{problem}"')])
             return
         relay.decision.request.body = sdp.encode()
+        relay.decision.request.headers.set("content-type", "application/sdp")
         self._next_target(relay, now, out)
 
     def _answer_done(self, relay: Relay, ctx: ClientTransaction, resp: Response, reply: Any,
@@ -501,6 +513,8 @@ class Proxy:
             self._teardown(relay, ctx, resp, now, out)
             return
         resp.body = str(reply["sdp"]).encode()
+        if self.pbx.late_answered(relay, ctx, resp, now, out):
+            return  # a second step: Teams' SDP as an offer toward the PBX (late_offer.py)
         self._relay_response(relay, ctx, resp, now, out)
         while relay.queue and relay.answering is None:
             qctx, qresp = relay.queue.pop(0)
@@ -510,49 +524,38 @@ class Proxy:
         """The call cannot have media: end it on both legs (never a call without media)."""
         relay.queue.clear()
         if resp.status >= 200:
-            self._end_answered_branch(relay, ctx, resp, now, out)
+            self.end_answered_branch(relay, ctx, resp, now, out)
         elif ctx.state == "proceeding" and not relay.done:
-            self._cancel_branch(relay, now, out)
+            self.cancel_branch(relay, now, out)
         if not relay.done:
-            self._final_local(relay, 503, "Service Unavailable", now, out)
+            self.final_local(relay, 503, "Service Unavailable", now, out)
         else:
-            self._media_forget(relay, out)
+            self.media_forget(relay, out)
 
-    def _media_forget(self, relay: Relay, out: list) -> None:
+    def media_forget(self, relay: Relay, out: list) -> None:
         if self.media is not None:
             step = self.media.for_failed_call(relay.request)
             if step is not None:
                 out.append(MediaCall(None, step.command))
 
     # ---------------------------------------------------------------- answers upstream
-    def _final_local(self, relay: Relay, status: int, reason: str, now: float, out: list,
-                     headers: list | None = None) -> None:
+    def final_local(self, relay: Relay, status: int, reason: str, now: float, out: list,
+                    headers: list | None = None) -> None:
         """Answer the relayed request ourselves and forget its media."""
         relay.on(E.FINAL_SENT, now)
-        self.t.respond(relay.server, self._local_response(
+        self.pbx.respond(relay, self.local_response(
             relay.request, Reply(status, reason, headers or []), relay.src.leg), now, out)
         self._failed_upstream(relay, status, reason, now)
-        self._media_forget(relay, out)
+        self.media_forget(relay, out)
 
-    def _end_answered_branch(self, relay: Relay, ctx: ClientTransaction, resp: Response,
-                             now: float, out: list) -> None:
+    def end_answered_branch(self, relay: Relay, ctx: ClientTransaction, resp: Response,
+                            now: float, out: list) -> None:
         """ACK and BYE a 2xx we will not relay, along the callee's side of the route set."""
-        dest_leg = relay.dest.leg if relay.dest else None
-        hop = self.policy.dialog_hop(resp, dest_leg) if dest_leg else None
-        if hop is None or dest_leg is None:
-            return
-        leg = self.legs[dest_leg]
-        cseq = ctx.request.cseq.number
-
-        def request(method: str, number: int) -> Request:
-            req = new_request(method, hop.target, via=leg.via(hop.dest.transport, make_branch(self.entropy(8).hex())),
-                              from_=ctx.request.headers.get("from") or "", to=resp.headers.get("to") or "",
-                              call_id=resp.call_id, cseq=number, routes=hop.routes)
-            self.policy.egress(req, dest_leg, relay.decision.identity)
-            return req
-
-        out.append(Send(request("ACK", cseq).to_bytes(), hop.dest))
-        out.extend(self.originate(request("BYE", cseq + 1), hop.dest, now, _ignore_result))
+        ends = ack_and_bye(self.policy, relay.dest.leg if relay.dest else None, self.entropy,
+                           ctx.request, resp, relay.decision.identity)
+        if ends is not None:
+            out.append(Send(ends[0].to_bytes(), ends[2]))
+            out.extend(self.originate(ends[1], ends[2], now, _ignore_result))
 
     def _upstream(self, relay: Relay, resp: Response, now: float, out: list) -> None:
         """16.7: forward a response to the request's sender through the server transaction.
@@ -572,9 +575,9 @@ class Proxy:
             if resp.status < 200:
                 return
             if resp.status < 300 and relay.client is not None:
-                self._end_answered_branch(relay, relay.client, resp, now, out)
-            up = self._local_response(relay.request, Reply(502, "Bad Gateway"), relay.src.leg)
-        self.t.respond(relay.server, up, now, out)
+                self.end_answered_branch(relay, relay.client, resp, now, out)
+            up = self.local_response(relay.request, Reply(502, "Bad Gateway"), relay.src.leg)
+        self.pbx.respond(relay, up, now, out)
 
     # ---------------------------------------------------------------- responses
     def _on_response(self, resp: Response, src: Source, now: float, out: list) -> None:
@@ -602,7 +605,7 @@ class Proxy:
         out.append(Send(up.to_bytes(), dest))
 
     # ---------------------------------------------------------------- local answers
-    def _local_response(self, req: Request, reply: Reply, leg: str) -> Response:
+    def local_response(self, req: Request, reply: Reply, leg: str) -> Response:
         resp = make_response(req, reply.status, reply.reason, self._tag(req))
         for name, value in reply.headers:
             resp.headers.add(name.lower(), value)
@@ -621,7 +624,7 @@ class Proxy:
             out.append(Send(resp, src))
 
     # ---------------------------------------------------------------- call events
-    def _event(self, ev: CallEvent, now: float) -> None:
+    def event(self, ev: CallEvent, now: float) -> None:
         self.gate.track(ev, now)
         self._events.append(ev)
 
@@ -634,12 +637,12 @@ class Proxy:
 
     def _call_started(self, req: Request, src: Source, identity: str | None, now: float) -> None:
         other = PBX if src.leg == TEAMS else TEAMS
-        self._event(CallStarted(req.call_id, f"{src.leg}->{other}", identity,
-                                user_part(req.headers.get("from")), user_part(req.headers.get("to"))), now)
+        self.event(CallStarted(req.call_id, f"{src.leg}->{other}", identity,
+                               user_part(req.headers.get("from")), user_part(req.headers.get("to"))), now)
 
     def _failed_upstream(self, relay: Relay, status: int, reason: str, now: float) -> None:
         if relay.is_invite and relay.request.to_addr.tag is None:
-            self._event(CallFailed(relay.call_id, status, reason), now)
+            self.event(CallFailed(relay.call_id, status, reason), now)
 
 
 def _ignore_result(*_: Any) -> None:

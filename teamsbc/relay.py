@@ -60,6 +60,14 @@ class Event(enum.Enum):
     FINAL_SENT = "final sent"            # a final response went to the caller
 
 
+class MediaOp(enum.Enum):
+    """What an rtpengine reply continues (Proxy.media_done): op ids, not closures."""
+    OFFER = "offer"        # a request waits for its SDP: (relay,)
+    ANSWER = "answer"      # a response waits for its SDP: (relay, ctx, response)
+    ACK = "ack"            # an ACK for a 2xx waits for its SDP: (ack, decision)
+    REPLY = "reply"        # a local answer waits for rtpengine (play DTMF): (server, request, reply, leg)
+
+
 S, E = State, Event
 # (state, event) -> next state. Anything else is a bug (LocalProtocolError).
 TRANSITIONS: dict[tuple[State, Event], State] = {
@@ -101,7 +109,7 @@ class Relay:
 
     __slots__ = ("server", "src", "request", "decision", "client", "dest", "index", "state",
                  "deadline", "abandoned", "call_id", "loop", "answering", "queue",
-                 "failover_after", "is_invite")
+                 "failover_after", "is_invite", "pbx")
 
     def __init__(self, server: Any, src: Source, request: Request, decision: Forward, loop: str,
                  offering: bool, failover_after: float):
@@ -121,6 +129,7 @@ class Relay:
         self.queue: list[tuple[ClientTransaction, Response]] = []  # responses waiting for it
         self.state = State.OFFERING if offering else State.CALLING
         self.deadline: float | None = None
+        self.pbx: Any = None   # pbx_leg.LegState: the PBX leg's own machines for an INVITE
 
     # --- the proxy's timer heap
     @property

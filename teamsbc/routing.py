@@ -10,6 +10,9 @@ peer health in health.py.
     new call from Teams                         -> its PBX trunk (by tenant FQDN); 503 at once if that PBX is down
     new call from the PBX                       -> Teams: sip, sip2, sip3 (those not down), next one on
                                                    silence, transport failure, 408 or 503
+    new call from the PBX to a Teams host       -> a transfer target (a Refer-To: +E.164 or no user): the
+                                                   same proxies, the Request-URI unchanged (transfer.py)
+    UPDATE, INFO in a dialog from the PBX       -> answered here, never relayed (pbx_requests.py)
 """
 from __future__ import annotations
 
@@ -23,14 +26,14 @@ from .decisions import (PBX, TEAMS, Destination, DialogHop, Drop, Forward, Leg, 
                         Target)
 from .digest import DigestAuth
 from .health import HealthBook
+from .pbx_requests import allow_toward_pbx, info_answer, update_answer
 from .sip.build import branch, new_request
 from .sip.errors import ParseError
 from .sip.message import Message, Request, Response
 from .sip.uri import SipUri, format_params, parse_name_addr, parse_uri
 from .teams import (USER_AGENT, X_MS_SBC, TeamsIdentity, e164_address, fold_route,
                     rewrite_toward_teams, to_e164, unfold_route)
-
-ALLOW_PBX = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, INFO, UPDATE, REFER"
+from .transfer import TransferBook, refer_to_uri, refused_target
 
 # failure_route: a Teams proxy answering these (or silent, or unreachable) is skipped for the
 # next one (reference section 5); never after 603 or once a provisional went to the caller.
@@ -62,6 +65,11 @@ class Router:
             TEAMS: Leg(TEAMS, "tls", self.teams.fqdn, self.teams.port, self.teams.record_route()),
             PBX: Leg(PBX, pbx.transport, pbx.listen.host, pbx.listen.port, self.pbx_rr),
         }
+        self.transfers = TransferBook()
+        self.media_anchored = bool(config.media.rtpengine)
+        self.info_dtmf = config.media.info_dtmf
+        self.prack_here = pbx.prack == "strip"
+        self.allow_pbx = allow_toward_pbx(self.prack_here, self.info_dtmf)
 
     # ------------------------------------------------------------------ the story
     def request(self, req: Request, src: Source, now: float) -> Reply | Forward | Drop:
@@ -77,7 +85,7 @@ class Router:
         if req.method == "OPTIONS" and not req.to_addr.tag:
             return self.keepalive_answer(src.leg, now)
         if req.to_addr.tag is not None:
-            return self.in_dialog(req, src)
+            return self.in_dialog(req, src, now)
         if src.leg == TEAMS:
             return self.call_from_teams(req, now)
         return self.call_from_pbx(req, src, now)
@@ -102,30 +110,58 @@ class Router:
     def call_from_pbx(self, req: Request, src: Source, now: float) -> Reply | Forward:
         """PBX -> Teams: +E.164 everywhere, sip/sip2/sip3 in order (reference section 5)."""
         if req.method != "INVITE":
-            return Reply(405, "Method Not Allowed", [("Allow", ALLOW_PBX)])
-        if not req.body:
-            # Teams needs the offer in the INVITE (reference section 5)
+            return Reply(405, "Method Not Allowed", [("Allow", self.allow_pbx)])
+        if not req.body and not self.media_anchored:
+            # Teams needs the offer in the INVITE (reference section 5); with rtpengine the
+            # SBC makes it (late_offer.py)
             return Reply(488, "Delayed Offer Not Supported", [(
                 "Warning", f'399 {self.teams.fqdn} "INVITE without SDP (delayed offer) is not supported '
-                           'by Teams: enable early offer on the PBX trunk"')],
-                log="INVITE without SDP from the PBX (delayed offer)")
-        number = to_e164(req.ruri.user or "", self.config.numbers)
+                           'by Teams without media.rtpengine: enable early offer on the PBX trunk"')],
+                log="INVITE without SDP from the PBX (delayed offer) and no rtpengine")
+        if "route" in req.headers:  # preloaded by the PBX (its outbound proxy): popped; where calls go
+            self.pop_own_routes(req)  # is decided here, so nothing else of it is relayed
+            req.headers.remove("route")
+        ruri = req.ruri
+        if self.teams.is_teams_host(ruri.host) and (ruri.user is None or ruri.user.startswith("+")):
+            return self.transfer_target(req, src, now)
+        number = to_e164(ruri.user or "", self.config.numbers)
         if number is None:
             return Reply(484, "Address Incomplete", log=f"{req.ruri.user!r} cannot be made +E.164 "
                          "(not a number, or a national number without numbers.country_code)")
+        port = self.config.teams.port
+        return self.toward_teams(req, src, now, lambda p: f"sip:{number}@{p}:{port};user=phone;transport=tls")
+
+    def transfer_target(self, req: Request, src: Source, now: float) -> Reply | Forward:
+        """The transferee's INVITE to a Refer-To URI (transfer.py): the same Teams proxies, the
+        Request-URI and Referred-By exactly as Teams wrote them (reference 7)."""
+        why = refused_target(req.ruri)
+        if why is not None:
+            return Reply(484, "Address Incomplete", log=f"INVITE to a Teams host: {why}")
+        ruri = req.uri
+        if "referred-by" not in req.headers:
+            referred_by = self.transfers.referred_by(ruri, now)
+            if referred_by is not None:
+                req.headers.add("referred-by", referred_by)
+        return self.toward_teams(req, src, now, lambda p: ruri, first=req.ruri.host_bare)
+
+    def toward_teams(self, req: Request, src: Source, now: float, ruri_for: Callable[[str], str],
+                     first: str | None = None) -> Forward:
+        """A new call to Teams: numbers as +E.164 where there is one, the tenant's identity,
+        the Teams proxies that are not down, in order (`first` ahead when it is one of them)."""
         identity = self.tenant_of_call(req, src)
         self.normalise_numbers(req, identity or self.teams.fqdn)
         req.headers.remove("proxy-authorization")  # the PBX's credentials stay here
         proxies = [p for p in self.config.teams.proxies if self.health.usable(p, now)]
         if not proxies:
             proxies = list(self.config.teams.proxies)  # all marked down: try them anyway, in order
-        port = self.config.teams.port
-        targets = [Target(self.teams_dest(p), f"sip:{number}@{p}:{port};user=phone;transport=tls")
-                   for p in proxies]
+        if first in proxies:
+            proxies.remove(first)
+            proxies.insert(0, first)
+        targets = [Target(self.teams_dest(p), ruri_for(p)) for p in proxies]
         return Forward(req, targets, record_route=[self.teams.record_route(identity), self.pbx_rr],
                        failover=True, identity=identity)
 
-    def in_dialog(self, req: Request, src: Source) -> Reply | Forward:
+    def in_dialog(self, req: Request, src: Source, now: float) -> Reply | Forward:
         """Follow the route set: our own Route entries are popped; the request crosses sides."""
         popped = self.pop_own_routes(req)
         if src.leg == TEAMS:
@@ -136,9 +172,14 @@ class Router:
                 (n for n in map(self.teams.name_of, popped) if n), None)
             target = parse_uri(original) if original else req.ruri
             target.headers = None  # never relay escaped headers (RFC 4475 3.1.2.11)
+            if req.method == "REFER":
+                self.remember_refer(req, now)
             return Forward(req, [Target(self.pbx_dest_for(target), str(target))], identity=identity)
         if not popped:
             return Reply(403, "Forbidden", log="in-dialog request from the PBX without our Route")
+        local = self.answer_for_pbx(req)
+        if local is not None:
+            return local
         identity = next((n for n in map(self.teams.name_of, popped) if n), None)
         routes = req.headers.get_all("route")
         hop = parse_name_addr(routes[0]).sip_uri() if routes else req.ruri
@@ -147,6 +188,24 @@ class Router:
         ruri = req.ruri
         ruri.headers = None
         return Forward(req, [Target(self.teams_dest(hop.host_bare, hop.port), str(ruri))], identity=identity)
+
+    def answer_for_pbx(self, req: Request) -> Reply | None:
+        """What Teams' Allow lacks is answered here (pbx_requests.py); None = relay it."""
+        if req.method == "UPDATE":
+            return update_answer(req)
+        if req.method == "INFO":
+            return info_answer(req, self.media_anchored and self.info_dtmf, self.allow_pbx)
+        if req.method == "PRACK" and self.prack_here:
+            # the proxy has already answered the PRACKs of our reliable provisionals
+            return Reply(481, "Call/Transaction Does Not Exist", log="PRACK for no reliable provisional of ours")
+        return None
+
+    def remember_refer(self, req: Request, now: float) -> None:
+        """A REFER from Teams on its way to the PBX: its Referred-By, for the transferee's INVITE."""
+        target = refer_to_uri(req.headers.get("refer-to"))
+        referred_by = req.headers.get("referred-by")
+        if target and referred_by:
+            self.transfers.remember(target, referred_by, now)
 
     # ------------------------------------------------------------------ PBX authentication
     def authenticate(self, req: Request, now: float) -> Reply | None:
@@ -178,7 +237,7 @@ class Router:
                              log="PBX is down and teams.options_503_when_pbx_down is set")
             allow = self.teams.allow
         else:
-            allow = ALLOW_PBX
+            allow = self.allow_pbx
         return Reply(200, "OK", [("Contact", self.own_contact(leg)), ("Allow", allow),
                                  ("Accept", "application/sdp"), ("Supported", "timer"),
                                  ("Server", USER_AGENT)])
@@ -193,7 +252,7 @@ class Router:
             via = self.legs[PBX].via(dest.transport, branch(token))
             uri, from_uri, contact = f"sip:{trunk}", f"sip:teamsbc@{me}", f"<sip:{me};transport={dest.transport}>"
             to_uri = uri
-            allow = ALLOW_PBX
+            allow = self.allow_pbx
         else:
             dest = self.teams_dest(peer)
             me = f"{self.teams.fqdn}:{self.teams.port}"
@@ -272,6 +331,22 @@ class Router:
         mine = next((i for i, v in enumerate(rr) if self.is_own_route(v)), len(rr))
         routes = list(reversed(rr[:mine]))
         contact = resp.headers.get("contact")
+        if not contact:
+            return None
+        try:
+            target = parse_name_addr(contact).uri
+            first = parse_name_addr(routes[0]).uri if routes else target
+        except ParseError:
+            return None
+        dest = self.hop_toward(first, leg)
+        return DialogHop(routes, target, dest) if dest is not None else None
+
+    def caller_hop(self, invite: Request, leg: str) -> DialogHop | None:
+        """Where a request of ours toward the caller of `invite` goes on `leg` (the SBC ending
+        a call in the callee's place, RFC 3261 12.1.1): the caller's Record-Route in order,
+        then its Contact."""
+        routes = invite.headers.get_all("record-route")
+        contact = invite.headers.get("contact")
         if not contact:
             return None
         try:

@@ -54,6 +54,11 @@ class TeamsIdentity:
         self.port = config.teams.signaling_port
         self.names = frozenset({self.fqdn, *config.teams.tenants})
         self.allow_refer = config.teams.allow_refer
+        # option tags never sent to Teams: Replaces (refused since April 2022) and, with
+        # pbx.prack: strip, 100rel (Teams does no PRACK, answers Require: 100rel with 420)
+        rel = ("100rel",) if config.pbx.prack == "strip" else ()
+        self.drop_in_requests = frozenset(("replaces", *rel))
+        self.drop_in_responses = frozenset(rel)
         self._teams_hosts = set(config.teams.proxies) | set(config.teams.resolve)
 
     @property
@@ -144,14 +149,22 @@ def rewrite_toward_teams(msg: Message, ident: TeamsIdentity, fqdn: str | None = 
         h.set("allow", strip_refer(", ".join(allows)))  # several Allow lines are one list (RFC 3261 7.3.1)
     if isinstance(msg, Request):
         h.remove("replaces")  # Teams refuses Replaces from an SBC (since April 2022)
-        for name in ("supported", "require"):
-            v = h.get(name)
-            if v is not None:
-                opts = [o.strip() for o in v.split(",") if o.strip() and o.strip().lower() != "replaces"]
-                if opts:
-                    h.set(name, ", ".join(opts))
-                else:
-                    h.remove(name)
+        drop = ident.drop_in_requests
+    else:
+        drop = ident.drop_in_responses
+        if drop and msg.status < 200 and "rseq" in h:
+            h.remove("rseq")  # a reliable provisional of the PBX, PRACKed by the SBC (reliable.py)
+    for name in ("supported", "require") if drop else ():
+        values = h.get_all(name)
+        joined = ", ".join(values)
+        low = joined.lower()
+        if not any(d in low for d in drop):
+            continue
+        opts = [o.strip() for o in joined.split(",") if o.strip() and o.strip().lower() not in drop]
+        if opts:
+            h.set(name, ", ".join(opts))
+        else:
+            h.remove(name)
 
 
 def strip_refer(allow: str) -> str:

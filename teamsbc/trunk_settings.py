@@ -2,7 +2,7 @@
 
     sbc:     {fqdn: sbc.example.com}
     teams:   listen, certificate, private_key, trusted_ca, proxies, port, resolve, tenants, ...
-    pbx:     listen, transport, address, options_interval, options_timeout, auth
+    pbx:     listen, transport, address, options_interval, options_timeout, auth, prack, early_media
     numbers: country_code, international_prefix, national_prefix
     log:     {level: info}
 
@@ -77,6 +77,12 @@ class PbxSection:
     options_interval: float = 30.0   # OPTIONS to the PBX; 0 = off (the PBX is then always up)
     options_timeout: float = 5.0
     auth: DigestCredentials | None = None  # the PBX must authenticate (optional)
+    prack: str = "strip"        # strip | pass: 100rel ends at the SBC (Teams never does PRACK)
+    early_media: str = "pass"   # pass | ringback: what the PBX hears while Teams rings
+
+
+PRACK_MODES = ("strip", "pass")
+EARLY_MEDIA_MODES = ("pass", "ringback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +186,7 @@ def parse_teams(r: SettingsReader, data: dict, fqdn: str | None, certs_dir: Path
 
 def parse_pbx(r: SettingsReader, data: dict, fqdn: str | None) -> PbxSection | None:
     pb = r.section(data, "pbx", {"listen", "transport", "address", "options_interval", "options_timeout",
-                                 "auth"})
+                                 "auth", "prack", "early_media"})
     pbx_listen = r.ip_hostport(pb, "pbx", "listen")
     if pbx_listen is not None and pbx_listen.host in ("0.0.0.0", "::"):
         r.err("pbx.listen", f"{pbx_listen.host} is not an address the PBX can be sent back to: use the SBC's own IP on the PBX network (it goes into Record-Route and Via)")
@@ -204,9 +210,12 @@ def parse_pbx(r: SettingsReader, data: dict, fqdn: str | None) -> PbxSection | N
                 r.err("pbx.auth.password", "must be at least 12 characters (trunk credentials are brute-forced)")
             elif realm and user and pw:
                 pbx_auth = DigestCredentials(realm, user, pw)
+    prack = r.str_(pb, "pbx", "prack", "strip", PRACK_MODES) or "strip"
+    early_media = r.str_(pb, "pbx", "early_media", "pass", EARLY_MEDIA_MODES) or "pass"
     if pbx_listen is None or pbx_transport is None or pbx_address is None:
         return None
-    return PbxSection(pbx_listen, pbx_transport, pbx_address, pbx_opt, pbx_opt_timeout, pbx_auth)
+    return PbxSection(pbx_listen, pbx_transport, pbx_address, pbx_opt, pbx_opt_timeout, pbx_auth,
+                      prack, early_media)
 
 
 def parse_numbers(r: SettingsReader, data: dict) -> NumbersSection:

@@ -74,6 +74,7 @@ class Answer:
     between the 180 and the final answer."""
     code: int | None = 200
     ringing: bool = True
+    progress: bool = False   # a 183 with SDP after the 180 (Teams' media processor answering early)
     retry_after: int | None = None
     reason: str | None = None
     # the SDP of the 2xx (and of the 200 to later re-INVITEs in this dialog): a string, or a
@@ -197,13 +198,17 @@ class Call:
     def status(self) -> int | None:
         return self.final.sip.status if self.final and isinstance(self.final.sip, Response) else None
 
-    async def request(self, method: str, *, body: str = "", timeout: float = 10.0) -> Received:
+    async def request(self, method: str, *, body: str = "", extra: Iterable[str | tuple[str, str]] = (),
+                      timeout: float = 10.0) -> Received:
         """Send an in-dialog request along the route set (new CSeq, new branch) on the peer's
-        own connection; wait for its final response."""
+        own connection; wait for its final response. ``extra``: more headers, as (name, value)
+        or as a line "REFER-TO: <...>" (Teams writes header names in upper case)."""
         self.cseq += 1
+        headers = [(n.lower(), v) for n, v in (h if isinstance(h, tuple) else
+                                                tuple(p.strip() for p in h.split(":", 1)) for h in extra)]
         req = self.peer.build_request(
             method, self.remote_target, call_id=self.call_id, from_=self.local, to=self.remote,
-            cseq=self.cseq, route=self.route, body=body,
+            cseq=self.cseq, route=self.route, body=body, extra=headers,  # type: ignore[arg-type]
             contact=CALLER_CONTACT if self.role == "uac" else ANSWER_CONTACT)
         return await self.peer._transact(req, self.call_id, self.cseq, method, timeout)
 
@@ -438,6 +443,9 @@ class TeamsProxy:
         self.respond(conn, req, 100)
         if answer.ringing:
             self.respond(conn, req, 180, to_tag=tag, contact=True, record_route=True)
+        if answer.progress:
+            self.respond(conn, req, 183, "Session Progress", to_tag=tag, contact=True, record_route=True,
+                         body=answer.sdp_for(rec, "early"))
         if answer.code is None:
             self._pending[call.call_id] = (conn, req)
             return

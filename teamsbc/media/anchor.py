@@ -4,7 +4,9 @@ The proxy asks at three moments: a request it is about to relay (offer, answer i
 delete on BYE/CANCEL), a response with SDP it is about to relay (answer, or the offer of an
 offerless re-INVITE's 200), and a call that failed (delete). It gets back a `Step`: either a
 command to run and wait for (the SDP in the reply replaces the body) or one to fire and forget.
-Tags and per-side options come from sdp_policy (reference rtpengine.md).
+A PBX INVITE without SDP gets an offer the SBC makes for it (`late_offer`), and Teams' 2xx to
+it a second step, `for_late_offer` (late_offer.py). Tags and per-side options come from
+sdp_policy (reference rtpengine.md).
 """
 from __future__ import annotations
 
@@ -37,11 +39,15 @@ def _tags(msg: Message) -> tuple[str, str | None]:
 class MediaAnchor:
     """The MediaPlanner of decisions.py."""
 
-    def __init__(self, settings: MediaSection):
+    def __init__(self, settings: MediaSection, pbx_host: str = "0.0.0.0"):
         self.s = settings
+        self.pbx_host = pbx_host   # where a delayed offer's placeholder SDP points (port 9)
 
     def _side_kw(self, toward: str) -> dict[str, Any]:
-        return {"ice": self.s.teams_ice, "sdes_lifetime": self.s.sdes_lifetime} if toward == "teams" else {}
+        kw: dict[str, Any] = {"inject_dtmf": self.s.info_dtmf}
+        if toward == "teams":
+            kw.update(ice=self.s.teams_ice, sdes_lifetime=self.s.sdes_lifetime)
+        return kw
 
     def _offer_kw(self, toward: str) -> dict[str, Any]:
         kw = self._side_kw(toward)
@@ -59,9 +65,15 @@ class MediaAnchor:
         if req.method == "CANCEL":
             return MediaStep(sdp_policy.delete(call_id), wait=False)
         sdp = sdp_of(req)
+        f, t = _tags(req)
+        if sdp is None and req.method == "INVITE" and t is None and toward == "teams":
+            # delayed offer from the PBX: the SBC offers for it (late_offer.py)
+            synthetic = sdp_policy.synthetic_offer(self.s.pbx_codecs, self.pbx_host, 1)
+            return MediaStep(sdp_policy.offer(
+                synthetic, call_id, f, toward, interfaces=self.s.interfaces, initial=True,
+                **self._offer_kw(toward)), wait=True, late_offer=True)
         if sdp is None:
             return None  # offerless re-INVITE: the offer comes in the 200, the answer in the ACK
-        f, t = _tags(req)
         if req.method in ("INVITE", "UPDATE"):
             initial = t is None
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=True, is_offer=True)
@@ -93,6 +105,16 @@ class MediaAnchor:
         return MediaStep(sdp_policy.offer(sdp, request.call_id, from_tag, toward, to_tag=to_tag,
                                      codecs_to_pbx=self.s.pbx_codecs, initial=False,
                                      **self._offer_kw(toward)), wait=True)
+
+    def for_late_offer(self, teams_sdp: str, resp: Response, request: Request) -> MediaStep:
+        """Teams' 2xx to the offer the SBC made for a PBX without SDP: Teams' SDP, already taken
+        as the answer, is offered to the PBX as if Teams had sent it (tags swap: the offer rides
+        in a response); the PBX answers in its ACK, which is then taken like any late answer."""
+        from_tag, to_tag = sdp_policy.ng_tags(request.from_addr.tag or "", resp.to_addr.tag,
+                                              in_request=False, is_offer=True)
+        return MediaStep(sdp_policy.offer(teams_sdp, request.call_id, from_tag, "pbx", to_tag=to_tag,
+                                          codecs_to_pbx=self.s.pbx_codecs, initial=False,
+                                          **self._offer_kw("pbx")), wait=True)
 
     def for_failed_call(self, request: Request) -> MediaStep | None:
         """A new call that ended without answer: its rtpengine session goes too."""

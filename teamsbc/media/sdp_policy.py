@@ -59,6 +59,8 @@ __all__ = [
     "answer",
     "delete",
     "query",
+    "play_dtmf",
+    "synthetic_offer",
     "ng_tags",
     "strip_attributes",
     "sdp_size",
@@ -151,6 +153,7 @@ def offer(
     ice: IceMode = "lite",
     sdes_lifetime: bool = False,
     hold_inactive: bool = True,
+    inject_dtmf: bool = False,
 ) -> dict[str, Any]:
     """The ``offer`` command for an SDP offer travelling ``toward`` "pbx" or "teams".
 
@@ -164,6 +167,9 @@ def offer(
     ICE-lite agent) or "remove" (no ICE toward Teams). ``sdes_lifetime``: send ``|2^31``.
     ``hold_inactive``: toward Teams, a PBX's ``a=sendonly`` hold becomes ``a=inactive``, the only
     hold Teams knows (reference section 8; rtpengine already replaces ``c=0.0.0.0``).
+    ``inject_dtmf``: the ``inject-DTMF`` flag, which rtpengine needs in the offer and the answer
+    before ``play DTMF`` can put RFC 4733 events into the stream (it then routes all audio of
+    the call through its transcoding engine).
     """
     _check(toward, ice)
     cmd = _base("offer", sdp, call_id, from_tag, to_tag)
@@ -185,6 +191,8 @@ def offer(
         cmd.update(_side_options("teams", ice=ice, sdes_lifetime=sdes_lifetime))
         if ice == "lite":
             cmd["ICE-lite"] = "forward"
+    if inject_dtmf:
+        flags.append("inject-DTMF")
     cmd["flags"] = flags
     if initial and interfaces:
         teams_iface, pbx_iface = interfaces
@@ -201,6 +209,7 @@ def answer(
     *,
     ice: IceMode = "lite",
     sdes_lifetime: bool = False,
+    inject_dtmf: bool = False,
 ) -> dict[str, Any]:
     """The ``answer`` command for an SDP answer travelling ``toward`` the original offerer.
 
@@ -215,8 +224,39 @@ def answer(
     cmd.update(_side_options(toward, ice=ice, sdes_lifetime=sdes_lifetime))
     if toward == "pbx":
         cmd["sdp"] = strip_attributes(sdp, TEAMS_ONLY_ATTRIBUTES)
-    cmd["flags"] = list(_COMMON_FLAGS)
+    cmd["flags"] = list(_COMMON_FLAGS) + (["inject-DTMF"] if inject_dtmf else [])
     return cmd
+
+
+def play_dtmf(call_id: str, from_tag: str, digit: str, duration_ms: int) -> dict[str, Any]:
+    """``play DTMF``: one digit as RFC 4733 events, sent as if by the party of ``from_tag`` (the
+    one that signalled it), toward the other side. rtpengine 10.5 plays it only in calls set up
+    with the ``inject-DTMF`` flag; ``duration`` is clamped to its range (100-5000 ms)."""
+    return {"command": "play DTMF", "call-id": call_id, "from-tag": from_tag, "code": digit,
+            "duration": max(100, min(5000, duration_ms))}
+
+
+# Static payload types (RFC 3551) and the clock rates of the codecs a PBX trunk speaks; a
+# name in media.pbx_codecs outside this table cannot be offered on the PBX's behalf.
+_STATIC_PT = {"PCMU": (0, 8000), "PCMA": (8, 8000), "G722": (9, 8000), "G729": (18, 8000)}
+DTMF_PT = 101
+
+
+def synthetic_offer(codecs: Sequence[str], address: str, session: int) -> str:
+    """The offer the SBC makes for a PBX that sent INVITE without SDP (delayed offer, RFC 3261
+    13.2.1): Teams needs an offer in the INVITE (reference section 5), so the PBX side is
+    described from ``media.pbx_codecs`` at the PBX's own address, port 9 (discard, RFC 3264
+    practice for "address not known yet"). rtpengine turns it into the SRTP offer toward Teams;
+    the PBX's real address arrives with its answer in the ACK."""
+    ip6 = ":" in address
+    pts = [(n, *_STATIC_PT[n.upper()]) for n in codecs if n.upper() in _STATIC_PT]
+    lines = ["v=0", f"o=- {session} 1 IN IP{6 if ip6 else 4} {address}", "s=-",
+             f"c=IN IP{6 if ip6 else 4} {address}", "t=0 0",
+             "m=audio 9 RTP/AVP " + " ".join(str(pt) for _, pt, _ in pts) + f" {DTMF_PT}"]
+    lines += [f"a=rtpmap:{pt} {name.upper()}/{rate}" for name, pt, rate in pts]
+    lines += [f"a=rtpmap:{DTMF_PT} telephone-event/8000", f"a=fmtp:{DTMF_PT} 0-16", "a=ptime:20",
+              "a=sendrecv", ""]
+    return "\r\n".join(lines)
 
 
 def delete(call_id: str, from_tag: str | None = None, to_tag: str | None = None) -> dict[str, Any]:

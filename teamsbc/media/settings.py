@@ -14,6 +14,7 @@
       max_sdp_to_pbx: 1300               # bytes; larger SDP toward a UDP PBX refused
       hold_inactive: true                # a=sendonly hold toward Teams as a=inactive
       sdes_lifetime: false               # send |2^31 in our keys toward Teams
+      info_dtmf: false                   # SIP INFO DTMF from the PBX -> RFC 4733 toward Teams
 
 Each `rtpengine` entry parses with `parse_instance` (precise ValueError messages for
 `teamsbc check`); ng.py and pool.py use the parsed values.
@@ -42,6 +43,7 @@ class MediaSection:
     max_sdp_to_pbx: int = 1300        # bytes; a larger SDP toward a UDP PBX is refused with a reason
     hold_inactive: bool = True        # hold toward Teams as a=inactive (reference 8)
     sdes_lifetime: bool = False       # send |2^31 with our SDES keys toward Teams
+    info_dtmf: bool = False           # INFO DTMF from the PBX played as RFC 4733 (rtpengine `play DTMF`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,7 @@ def parse_instance(spec: str | Mapping[str, Any] | InstanceSpec) -> InstanceSpec
 def parse_media(r: SettingsReader, data: dict) -> MediaSection:
     m = r.section(data, "media", {"rtpengine", "pbx_codecs", "interfaces", "timeout", "teams_ice",
                                   "ping_interval", "down_after", "max_sdp_to_pbx", "hold_inactive",
-                                  "sdes_lifetime"}, required=False)
+                                  "sdes_lifetime", "info_dtmf"}, required=False)
     rtp = m.get("rtpengine", []) or []
     if not isinstance(rtp, list) or not all(isinstance(x, str) for x in rtp):
         r.err("media.rtpengine", "must be a list of rtpengine addresses like udp:127.0.0.1:22222")
@@ -153,6 +155,10 @@ def parse_media(r: SettingsReader, data: dict) -> MediaSection:
     max_sdp = int(r.number(m, "media", "max_sdp_to_pbx", 1300, 200, 65000))
     hold_inactive = r.bool_(m, "media", "hold_inactive", True)
     sdes_lifetime = r.bool_(m, "media", "sdes_lifetime", False)
+    info_dtmf = r.bool_(m, "media", "info_dtmf", False)
+    if info_dtmf and not rtp:
+        r.err("media.info_dtmf", "needs media.rtpengine: rtpengine plays the digits as RFC 4733 "
+                                 "events (without it INFO is refused with 405: set info_dtmf: false)")
     codecs = m.get("pbx_codecs", list(DEFAULT_PBX_CODECS))
     if not isinstance(codecs, list) or not codecs or not all(isinstance(x, str) and x for x in codecs):
         r.err("media.pbx_codecs", "must be a list of codec names the PBX decodes, e.g. [PCMA, PCMU, G722]")
@@ -170,4 +176,4 @@ def parse_media(r: SettingsReader, data: dict) -> MediaSection:
     teams_ice = r.str_(m, "media", "teams_ice", "lite", ("lite", "remove")) or "lite"
     ping_iv = float(r.number(m, "media", "ping_interval", 5.0, 0.5, 300))
     return MediaSection(tuple(rtp), tuple(codecs), ifaces, media_timeout, teams_ice, ping_iv,
-                        down_after, max_sdp, hold_inactive, sdes_lifetime)
+                        down_after, max_sdp, hold_inactive, sdes_lifetime, info_dtmf)
