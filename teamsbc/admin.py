@@ -46,8 +46,7 @@ from .capture.settings import CaptureSettings
 from .capture.traces import CallTracer
 from .cdr.export import export_rows, parse_time
 from .cdr.settings import CdrSettings
-from .cdr.store import CdrStore
-from .cdr.writer import CdrObserver, CdrWriter
+from .cdr.writer import CdrObserver, CdrWriter, open_store
 from .events import Observers
 from .metrics import CONTENT_TYPE, Metrics
 from .timefmt import iso_utc
@@ -213,7 +212,11 @@ class _Api:
         loop = asyncio.get_running_loop()
         writer = self.cdr_writer
         await loop.run_in_executor(None, writer.flush, 2.0)  # what happened until now is in
-        rows = await loop.run_in_executor(None, lambda: writer.store.query(since, until, limit, newest=True))
+        try:
+            rows = await loop.run_in_executor(None, lambda: writer.store.query(since, until, limit, newest=True))
+        except writer.store.errors as e:
+            return web.json_response({"error": f"CDR database unavailable: {str(e).strip()}",
+                                      "backlog": writer.backlog}, status=503)
         return web.json_response({"count": len(rows), "calls": export_rows(rows)})
 
     # --- GET /peers
@@ -316,8 +319,7 @@ class Observability:
         self.observers = Observers(self.metrics)  # the shell's fan-out of call events and SIP
         self.cdr_writer: CdrWriter | None = None
         if self.cdr_settings.enabled:
-            store = CdrStore(self.cdr_settings.path, synchronous=self.cdr_settings.synchronous)
-            self.cdr_writer = CdrWriter(store)
+            self.cdr_writer = CdrWriter(open_store(self.cdr_settings))
             self.observers.add(CdrObserver(self.cdr_writer))
         self.hep: HepObserver | None = None
         if self.capture.hep:
