@@ -63,6 +63,8 @@ class PostgresCluster:
                         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
                         "--no-instructions"], timeout=120)
         pwfile.unlink()
+        with open(c.data / "pg_hba.conf", "a") as hba:   # boxes on the test's own LAN (netns)
+            hba.write("host all all samenet scram-sha-256\n")
         c.start()
         c.psql(f"CREATE DATABASE {DB_NAME}", db="postgres")
         return c
