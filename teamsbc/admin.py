@@ -12,6 +12,7 @@ Endpoints (every one needs `Authorization: Bearer TOKEN` when a token is configu
     GET  /metrics       Prometheus text format 0.0.4
     GET  /calls         calls in progress
     GET  /cdr           CDR rows (?since=ISO&until=ISO&limit=N), newest last
+    GET  /pair          ?challenge=HEX: HMAC proofs of the sealing secret, wall clock (doctor --pair)
     GET  /peers         peer health snapshots (+ rtpengine instances)
     POST /reload        reload the Teams certificate: 200 + its description, 409 + the problem
     GET  /trace         trace rules and their files
@@ -69,6 +70,7 @@ def make_admin_app(*, proxy: Any, shell: Any, health: Any, metrics: Metrics, cdr
     app.router.add_get("/calls", api.calls)
     app.router.add_get("/cdr", api.cdr)
     app.router.add_get("/peers", api.peers)
+    app.router.add_get("/pair", api.pair)
     app.router.add_post("/reload", api.reload)
     app.router.add_get("/trace", api.trace_list)
     app.router.add_post("/trace", api.trace_add)
@@ -239,6 +241,26 @@ class _Api:
             except Exception as e:  # noqa: BLE001
                 body["rtpengine"] = {"error": str(e)}
         return web.json_response(body)
+
+    # --- GET /pair?challenge=HEX: what `teamsbc doctor --pair` compares (docs/ha.md)
+    async def pair(self, request: web.Request) -> web.Response:
+        from .keyfile import SecretFileError, keyring
+        from .sealing import pair_proof
+        challenge = request.query.get("challenge", "")
+        if not 32 <= len(challenge) <= 128 or any(c not in "0123456789abcdef" for c in challenge):
+            return web.json_response({"error": "challenge must be 32-128 lower-case hex digits"}, status=400)
+        try:
+            keys = keyring(self.config.sbc, create=False)
+        except SecretFileError as e:
+            return web.json_response({"error": str(e)}, status=503)
+        raw = bytes.fromhex(challenge)
+        return web.json_response({
+            "fqdn": self.config.sbc.fqdn,
+            "proof": pair_proof(keys.current, raw),
+            "previous": pair_proof(keys.previous, raw) if keys.previous is not None else None,
+            "configured": self.config.sbc.secret is not None,
+            "time": time.time(),
+        })
 
     # --- POST /reload
     async def reload(self, request: web.Request) -> web.Response:

@@ -140,3 +140,11 @@ class Sealer:
             return plain.decode()
         except UnicodeDecodeError:
             raise Unsealable("not text") from None
+
+
+def pair_proof(secret: Secret, challenge: bytes) -> str:
+    """What a box answers to a pair check's challenge (`teamsbc doctor --pair`): an HMAC under
+    a key derived for this purpose only, so equal proofs mean equal secrets and a proof tells
+    nothing about the secret or the sealing keys."""
+    key = _derive(secret.reveal(), b"pair proof")
+    return hmac.new(key, challenge, hashlib.sha256).hexdigest()
