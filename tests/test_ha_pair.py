@@ -11,7 +11,9 @@ survives the loss of A's rtpengine and then of box A itself:
 3. Box A dies (everything kill -9, link down): the SIP address and its TLS listener move to B;
    Teams' BYE reaches B, which routes it by the sealed Contact to the PBX.
 4. The CDR row in PostgreSQL is complete: set up and answered by A, ended by B, with media.
-Then the other direction: a PBX call through A, box A dies, the PBX hangs up through B.
+Then the other direction: a PBX call through A with its media on A's rtpengine; box A dies
+(link down, kill -9): media flows again through B (measured), the PBX hangs up through B, and
+B closes the row.
 
 Numbers (failover times, audio lost) are printed and written to ha-numbers.json in the test's
 directory; they are measurements, not assertions (docs/ha.md quotes them).
@@ -248,31 +250,72 @@ async def test_call_through_a_survives_its_rtpengine_then_box_a(ha, tmp_path):
     print("\nHA numbers:", json.dumps(numbers))
 
 
-async def test_pbx_call_through_a_ended_by_the_pbx_through_b(ha, tmp_path):
+async def test_pbx_call_through_a_survives_box_a_with_its_media(ha, tmp_path):
+    """The PBX calls through A, media anchored on A's rtpengine; box A dies (link down, kill
+    -9): both addresses move to B, media flows again through B's rtpengine, and the PBX hangs
+    up through B."""
     pair, peer = ha
-    uac = Sipp("uac.xml", workdir=tmp_path / "pbx", local_ip=pair.lan.root_ip, local_port=pair.pbx_port,
-               transport="u1", procs=pair.procs, timeout_s=60, duration_ms=6000,
+    root = pair.lan.root_ip
+    teams_rtp, pbx_rtp = udp(root), udp(root)
+    raw = os.urandom(30)
+    from tests.support.teams_peer import Answer
+    peer.default_answer = Answer(sdp=teams_sdp(root, teams_rtp.getsockname()[1], base64.b64encode(raw).decode()))
+    uac = Sipp("uac.xml", workdir=tmp_path / "pbx", local_ip=root, local_port=pair.pbx_port,
+               transport="u1", procs=pair.procs, timeout_s=60, duration_ms=9000,
                remote=(pair.sip_vip, 5060),
                keys={"ruri_user": "02071234567", "to_user": "02071234567", "from_user": "01632960123",
-                     "media_ip": pair.lan.root_ip})
+                     "media_ip": root, "media_port": str(pbx_rtp.getsockname()[1])})
     await asyncio.to_thread(uac.start)
     invite = await peer.wait_for(is_req("INVITE"), what="INVITE through box a")
     await peer.wait_for(is_req("ACK"), what="ACK")
-    await asyncio.to_thread(wait_for, lambda: pair.pg.rows(
-        f"SELECT id FROM calls WHERE call_id = '{invite.msg.call_id}' AND answer_time IS NOT NULL"),
-        15, what="box a's CDR row of the answered call")
-    t_box = await asyncio.to_thread(pair.kill_box, "a")
-    bye = await peer.wait_for(is_req("BYE"), timeout=30, what="the PBX's BYE through box b")
+    to_teams = invite.msg.body if isinstance(invite.msg.body, str) else invite.msg.body.decode()
+    sbc_key = parse_crypto_line(next(l for l in to_teams.splitlines() if l.startswith("a=crypto:")))
+    pbx_got = await asyncio.to_thread(lambda: wait_for(lambda: _response_sdp(uac), 10, what="200 SDP at the PBX"))
+    assert sdp_address(to_teams)[0] == pair.media_vip and sdp_address(pbx_got)[0] == pair.media_vip
+    teams_to_pbx = Flow("teams->pbx", teams_rtp, pbx_rtp, dest=sdp_address(to_teams),
+                        protect=SrtpContext(CryptoAttr(1, "AES_CM_128_HMAC_SHA1_80", raw[:16], raw[16:])))
+    pbx_to_teams = Flow("pbx->teams", pbx_rtp, teams_rtp, unprotect=SrtpContext(sbc_key), dest=sdp_address(pbx_got))
+    media = Media([teams_to_pbx, pbx_to_teams]).start()
+    numbers: dict[str, object] = {}
+    try:
+        await media.flowing_after(time.monotonic())
+        await asyncio.to_thread(wait_for, lambda: pair.pg.rows(
+            f"SELECT id FROM calls WHERE call_id = '{invite.msg.call_id}' AND answer_time IS NOT NULL"),
+            15, what="box a's CDR row of the answered call")
+        assert pair.lan.holder(pair.media_vip) == "a" and pair.lan.holder(pair.sip_vip) == "a"
+        t_box = await asyncio.to_thread(pair.kill_box, "a")
+        await media.flowing_after(t_box)
+        t_ok = time.monotonic()
+        numbers["box_death_media_address_holder"] = pair.lan.holder(pair.media_vip)
+        for f in (teams_to_pbx, pbx_to_teams):
+            numbers[f"box_death_{f.name}_resumed_after_ms"] = f.resumed_after(t_box)
+            numbers[f"box_death_{f.name}_audio_lost_ms"] = f.lost_ms_between(t_box, t_ok)
+        assert teams_to_pbx.bad == 0 and pbx_to_teams.bad == 0
+        bye = await peer.wait_for(is_req("BYE"), timeout=30, what="the PBX's BYE through box b")
+    finally:
+        media.close()
     res = await asyncio.to_thread(uac.wait)
     assert res.ok, res.describe() + pair.diag()
     assert bye.msg.call_id == invite.msg.call_id
     assert pair.lan.holder(pair.sip_vip) == "b"
-    assert "sbc" not in bye.msg.values("via")[0] or pair.pki.sbc_fqdn in bye.msg.values("via")[0]
     rows = await asyncio.to_thread(wait_for, lambda: [r for r in pair.pg.rows(
-        f"SELECT ended_by FROM calls WHERE call_id = '{invite.msg.call_id}' AND end_time IS NOT NULL")],
+        f"SELECT ended_by, rtp_packets FROM calls WHERE call_id = '{invite.msg.call_id}' AND end_time IS NOT NULL")],
         15, what="the CDR row closed by box b")
-    assert rows == [["pbx"]], rows
-    print(f"\nPBX BYE through B {round((time.monotonic() - t_box) * 1000)} ms after box A died")
+    assert len(rows) == 1 and rows[0][0] == "pbx" and int(rows[0][1] or 0) > 0, rows
+    (tmp_path / "ha-numbers.json").write_text(json.dumps(numbers, indent=1))
+    print("\nHA numbers (box death, media on A):", json.dumps(numbers))
+
+
+def _response_sdp(uac: Sipp) -> str | None:
+    from tests.support.sipp import parse_message_log
+    try:
+        text = uac.message_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    for m in parse_message_log(text):
+        if m.direction == "received" and not m.is_request and m.status == 200 and m.body:
+            return m.body if isinstance(m.body, str) else m.body.decode()
+    return None
 
 
 def _invite_sdp(uas: Sipp) -> str | None:

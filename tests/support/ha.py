@@ -9,7 +9,7 @@ Both boxes run ONE config file (sbc.secret, cdr.url, media.rtpengine = [a, b;wei
 both rtpengines share call state through Redis (each writes its own database, subscribes to
 the other's keyspace, --active-switchover), and keepalived renders deploy/ha/keepalived.conf
 .example with the health check deploy/ha/teamsbc-ha-check. `kill_box("a")` is a dead box:
-kill -9 of everything it runs, then its link goes down.
+its link goes down, then kill -9 of everything it runs.
 """
 from __future__ import annotations
 
@@ -162,15 +162,17 @@ class HaPair:
         return t
 
     def kill_box(self, name: str) -> float:
-        """A dead box: everything it runs killed at once, then its network link down."""
+        """A dead box: its link goes down first (nothing it says reaches anyone: no goodbye
+        from keepalived's VRRP process, which a SIGKILL of its parent would still let out),
+        then everything it runs is killed."""
         box = self.boxes[name]
         t = time.monotonic()
+        self.lan.link_down(name)
         for p in box.procs.values():
             if p.running:
                 os.kill(p.pid, signal.SIGKILL)
         for p in box.procs.values():
             p.wait(timeout=5)
-        self.lan.link_down(name)
         return t
 
     def diag(self) -> str:
