@@ -60,8 +60,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         return 2
+    sealing = "sbc.secret" if c.sbc.secret is not None else f"this box's own secret in {c.sbc.secret_file}"
     print(f"{c.source}: ok (sbc {c.sbc.fqdn}, teams {c.teams.listen}, pbx {c.pbx.transport} "
-          f"{c.pbx.listen} -> {c.pbx.address})")
+          f"{c.pbx.listen} -> {c.pbx.address}; sealing with {sealing})")
     return 0
 
 
@@ -80,8 +81,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .admin import AdminConfigError
     from .app import serve
     from .cdr.settings import CdrError
+    from .keyfile import SecretFileError
     try:
         asyncio.run(serve(c))
+    except SecretFileError as e:
+        log.error("sealing secret unusable: %s", e)
+        return 2
     except TlsConfigError as e:
         log.error("TLS setup failed: %s", e)
         return 2

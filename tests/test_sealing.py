@@ -201,3 +201,28 @@ def test_forged_contact_is_refused_not_routed_even_with_our_route(tmp_path, capl
         assert [s.to for s in sends] == [TEAMS_SRC]
         assert parse_message(sends[0].data).status == 403
     assert "x-tsbc-c failed authentication" in caplog.text
+
+
+def test_an_unusable_secret_file_stops_the_sbc_with_a_clear_line(tmp_path, test_pki):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support.ports import free_port
+    (tmp_path / "adir").mkdir()
+    conf = {"sbc": {"fqdn": "sbc.example.com", "secret_file": str(tmp_path / "adir")},
+            "teams": {"listen": f"127.0.0.1:{free_port('tcp')}", "certificate": str(test_pki.sbc_fullchain),
+                      "private_key": str(test_pki.sbc_key)},
+            "pbx": {"listen": "127.0.0.1:5060", "transport": "udp", "address": "127.0.0.2:5060"},
+            "cdr": {"enabled": False}, "admin": {"enabled": False}}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    check = subprocess.run([sys.executable, "-m", "teamsbc", "check", "-c", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and f"sealing with this box's own secret in {tmp_path / 'adir'}" in check.stdout
+    r = subprocess.run([sys.executable, "-m", "teamsbc", "run", "-c", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "sealing secret unusable" in r.stderr and "cannot read the secret file" in r.stderr
+    assert "Traceback" not in r.stderr
