@@ -13,6 +13,7 @@ Endpoints (every one needs `Authorization: Bearer TOKEN` when a token is configu
     GET  /metrics       Prometheus text format 0.0.4
     GET  /calls         calls in progress
     GET  /cdr           CDR rows (?since=ISO&until=ISO&limit=N), newest last
+    GET  /pair          ?challenge=HEX: HMAC proofs of the sealing secret, wall clock (doctor --pair)
     GET  /peers         peer health snapshots (+ rtpengine instances)
     POST /reload        reload the Teams certificate: 200 + its description, 409 + the problem
     GET  /trace         trace rules and their files
@@ -47,8 +48,7 @@ from .capture.settings import CaptureSettings
 from .capture.traces import CallTracer
 from .cdr.export import export_rows, parse_time
 from .cdr.settings import CdrSettings
-from .cdr.store import CdrStore
-from .cdr.writer import CdrObserver, CdrWriter
+from .cdr.writer import CdrObserver, CdrWriter, open_store
 from .events import Observers
 from .metrics import CONTENT_TYPE, Metrics
 from .timefmt import iso_utc
@@ -84,6 +84,7 @@ def make_admin_app(*, proxy: Any, shell: Any, health: Any, metrics: Metrics, cdr
     app.router.add_get("/calls", api.calls)
     app.router.add_get("/cdr", api.cdr)
     app.router.add_get("/peers", api.peers)
+    app.router.add_get("/pair", api.pair)
     app.router.add_post("/reload", api.reload)
     app.router.add_get("/trace", api.trace_list)
     app.router.add_post("/trace", api.trace_add)
@@ -237,7 +238,11 @@ class _Api:
         loop = asyncio.get_running_loop()
         writer = self.cdr_writer
         await loop.run_in_executor(None, writer.flush, 2.0)  # what happened until now is in
-        rows = await loop.run_in_executor(None, lambda: writer.store.query(since, until, limit, newest=True))
+        try:
+            rows = await loop.run_in_executor(None, lambda: writer.store.query(since, until, limit, newest=True))
+        except writer.store.errors as e:
+            return web.json_response({"error": f"CDR database unavailable: {str(e).strip()}",
+                                      "backlog": writer.backlog}, status=503)
         return web.json_response({"count": len(rows), "calls": export_rows(rows)})
 
     # --- GET /peers
@@ -260,6 +265,26 @@ class _Api:
             except Exception as e:  # noqa: BLE001
                 body["rtpengine"] = {"error": str(e)}
         return web.json_response(body)
+
+    # --- GET /pair?challenge=HEX: what `teamsbc doctor --pair` compares (docs/ha.md)
+    async def pair(self, request: web.Request) -> web.Response:
+        from .keyfile import SecretFileError, keyring
+        from .sealing import pair_proof
+        challenge = request.query.get("challenge", "")
+        if not 32 <= len(challenge) <= 128 or any(c not in "0123456789abcdef" for c in challenge):
+            return web.json_response({"error": "challenge must be 32-128 lower-case hex digits"}, status=400)
+        try:
+            keys = keyring(self.config.sbc, create=False)
+        except SecretFileError as e:
+            return web.json_response({"error": str(e)}, status=503)
+        raw = bytes.fromhex(challenge)
+        return web.json_response({
+            "fqdn": self.config.sbc.fqdn,
+            "proof": pair_proof(keys.current, raw),
+            "previous": pair_proof(keys.previous, raw) if keys.previous is not None else None,
+            "configured": self.config.sbc.secret is not None,
+            "time": time.time(),
+        })
 
     # --- POST /reload
     async def reload(self, request: web.Request) -> web.Response:
@@ -340,8 +365,7 @@ class Observability:
         self.observers = Observers(self.metrics)  # the shell's fan-out of call events and SIP
         self.cdr_writer: CdrWriter | None = None
         if self.cdr_settings.enabled:
-            store = CdrStore(self.cdr_settings.path, synchronous=self.cdr_settings.synchronous)
-            self.cdr_writer = CdrWriter(store)
+            self.cdr_writer = CdrWriter(open_store(self.cdr_settings))
             self.observers.add(CdrObserver(self.cdr_writer))
         self.hep: HepObserver | None = None
         if self.capture.hep:

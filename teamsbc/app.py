@@ -12,10 +12,12 @@ from .admin import Observability
 from .config import Config
 from .guard import Guard
 from .health import HealthBook, Pinger
+from .keyfile import keyring
 from .media.anchor import MediaAnchor
 from .media.pool import MediaPool
 from .proxy import Proxy
 from .routing import Router
+from .sealing import Keyring
 from .sip.transaction import Timers
 from .tls import client_context, describe_certificate, server_context
 from .transport import Shell
@@ -30,10 +32,12 @@ class Core(NamedTuple):
 
 
 def build(config: Config, now: float | None = None, *, keepalive: bool = False,
-          entropy: Callable[[int], bytes] = os.urandom) -> Core:
-    """The sans-IO core. With `keepalive`, OPTIONS pings start at `now` (the first ones at once)."""
+          entropy: Callable[[int], bytes] = os.urandom, keys: Keyring | None = None) -> Core:
+    """The sans-IO core. With `keepalive`, OPTIONS pings start at `now` (the first ones at once).
+    `keys` seal what we hand out in URIs; by default sbc.secret, else this box's secret file
+    (created on first use: teamsbc.keyfile)."""
     health = HealthBook()
-    router = Router(config, health, entropy=entropy)
+    router = Router(config, health, entropy=entropy, keys=keys or keyring(config.sbc))
     media = MediaAnchor(config.media, config.pbx.address.host) if config.media.rtpengine else None
     guard = Guard(config, router.tenant_of_call)  # who may talk to us and how much
     proxy = Proxy(router, guard, entropy=entropy, media=media,

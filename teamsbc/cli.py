@@ -34,8 +34,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from . import preflight  # what run refuses at start, refused here too
     if preflight.report(preflight.run_checks(c), c.source, lambda line: print(line, file=sys.stderr)):
         return 2
+    sealing = "sbc.secret" if c.sbc.secret is not None else f"this box's own secret in {c.sbc.secret_file}"
     print(f"{c.source}: ok (sbc {c.sbc.fqdn}, teams {c.teams.listen}, pbx {c.pbx.transport} "
-          f"{c.pbx.listen} -> {c.pbx.address})")
+          f"{c.pbx.listen} -> {c.pbx.address}; sealing with {sealing})")
     return 0
 
 
@@ -61,12 +62,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .admin import AdminConfigError
     from .app import serve
     from .cdr.settings import CdrError
+    from .keyfile import SecretFileError
     try:
         if args.config is None:
             from .labdefault import serve_with_peers
             asyncio.run(serve_with_peers(c))   # the lab: simulated Teams and PBX too
         else:
             asyncio.run(serve(c))
+    except SecretFileError as e:
+        log.error("sealing secret unusable: %s", e)
+        return 2
     except TlsConfigError as e:
         log.error("TLS setup failed: %s", e)
         return 2

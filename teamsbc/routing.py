@@ -27,12 +27,13 @@ from .decisions import (PBX, TEAMS, Destination, DialogHop, Drop, Forward, Leg, 
 from .digest import DigestAuth
 from .health import HealthBook
 from .pbx_requests import allow_toward_pbx, info_answer, update_answer
+from .sealing import Keyring
 from .sip.build import branch, new_request
 from .sip.errors import ParseError
 from .sip.message import Message, Request, Response
 from .sip.uri import SipUri, format_params, parse_name_addr, parse_uri
-from .teams import (USER_AGENT, X_MS_SBC, TeamsIdentity, e164_address, fold_route,
-                    rewrite_toward_teams, to_e164, unfold_route)
+from .teams import (USER_AGENT, X_MS_SBC, Forged, TeamsIdentity, e164_address,
+                    rewrite_toward_teams, to_e164)
 from .transfer import TransferBook, refer_to_uri, refused_target
 
 # failure_route: a Teams proxy answering these (or silent, or unreachable) is skipped for the
@@ -49,11 +50,13 @@ class Router:
     """The RoutingPolicy of decisions.py."""
 
     def __init__(self, config: Config, health: HealthBook | None = None, *,
-                 entropy: Callable[[int], bytes] = os.urandom):
+                 entropy: Callable[[int], bytes] = os.urandom, keys: Keyring | None = None):
+        """`keys`: what seals x-tsbc-c and x-tsbc-rr (teamsbc.keyfile); without them a
+        throwaway key (a Router that only looks, like doctor's samples)."""
         self.config = config
         self.entropy = entropy
         self.health = health or HealthBook()
-        self.teams = TeamsIdentity(config)
+        self.teams = TeamsIdentity(config, keys, entropy=entropy)
         pbx = config.pbx
         self.pbx_dest = Destination(PBX, pbx.transport, pbx.address.host, pbx.address.port)
         self.tenants = config.teams.tenants
@@ -85,7 +88,11 @@ class Router:
         if req.method == "OPTIONS" and not req.to_addr.tag:
             return self.keepalive_answer(src.leg, now)
         if req.to_addr.tag is not None:
-            return self.in_dialog(req, src, now)
+            try:
+                return self.in_dialog(req, src, now)
+            except Forged as e:
+                # never routed: a forged target would make us an open relay (docs/ha.md)
+                return Reply(403, "Forbidden", log=f"{req.method} from {src.addr[0]}: {e}")
         if src.leg == TEAMS:
             return self.call_from_teams(req, now)
         return self.call_from_pbx(req, src, now)
@@ -365,7 +372,7 @@ class Router:
         rr = h.get_all("record-route")
         if len(rr) > 1 and self.is_own_route(rr[0]):
             top = parse_name_addr(rr[0]).sip_uri()
-            h.replace_all("record-route", [rr[0], fold_route(rr[1:], top.host, self.teams.port)])
+            h.replace_all("record-route", [rr[0], self.teams.fold_route(rr[1:], top.host)])
 
     def hide_response_toward_teams(self, resp: Response) -> None:
         """The PBX side's entries above ours are folded, in the order Teams will use them."""
@@ -378,7 +385,7 @@ class Router:
                 name = None
             if name is not None:
                 if i:
-                    h.replace_all("record-route", [fold_route(list(reversed(rr[:i])), name, self.teams.port)] + rr[i:])
+                    h.replace_all("record-route", [self.teams.fold_route(list(reversed(rr[:i])), name)] + rr[i:])
                 return
 
     def unhide_response_toward_pbx(self, resp: Response, vias: list[str]) -> None:
@@ -389,9 +396,9 @@ class Router:
         out: list[str] = []
         for v in rr:
             try:
-                hidden = unfold_route(parse_name_addr(v).sip_uri())
-            except ParseError:
-                hidden = None
+                hidden = self.teams.unfold_route(parse_name_addr(v).sip_uri())
+            except (ParseError, Forged):
+                hidden = None  # not ours to unfold: the PBX gets it as it came
             out.extend(hidden if hidden else [v])
         if out != rr:
             h.replace_all("record-route", out)
@@ -476,7 +483,7 @@ class Router:
                 break
             h.pop_first("route")
             popped.append(uri)
-            hidden = unfold_route(uri)
+            hidden = self.teams.unfold_route(uri)
             if hidden:  # the PBX side's own route set, folded toward Teams (topology hiding)
                 h.replace_all("route", hidden + h.get_all("route"))
         return popped

@@ -4,12 +4,13 @@ Pure functions over message objects; the proxy calls them on the Teams leg.
 """
 from __future__ import annotations
 
-import base64
-import binascii
+import os
 import re
+from typing import Callable
 
 from . import MODEL, __version__
 from .config import Config
+from .sealing import CONTACT, ROUTE, Keyring, Sealer, Secret, Unsealable
 from .trunk_settings import NumbersSection
 from .sip.errors import ParseError
 from .sip.message import Message, Request
@@ -18,7 +19,9 @@ from .sip.uri import NameAddr, SipUri, parse_name_addr, parse_uri, split_quoted
 X_MS_SBC = f"teamsbc/{MODEL}/{__version__}"
 
 # The original Contact of the PBX travels inside the FQDN Contact we give Teams, so Teams'
-# in-dialog requests can be routed back without any state in the SBC (survives restarts).
+# in-dialog requests can be routed back without any state in the SBC (survives restarts, and
+# reaches the PBX through any box sharing sbc.secret); sealed (sealing.py): Teams can neither
+# read the PBX's address nor forge a target.
 CONTACT_PARAM = "x-tsbc-c"
 
 TEAMS_DOMAINS = (".pstnhub.microsoft.com", ".pstnhub.gov.teams.microsoft.us",
@@ -28,28 +31,31 @@ ALLOW_TOWARD_TEAMS = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, INFO"
 USER_AGENT = f"teamsbc/{__version__}"
 
 
-def encode_contact(original_uri: str) -> str:
-    return base64.urlsafe_b64encode(original_uri.encode()).rstrip(b"=").decode()
+class Forged(Exception):
+    """A sealed parameter of ours (x-tsbc-c, x-tsbc-rr) that does not open: altered, forged,
+    or sealed with a secret this box does not share. The request is refused (403), never
+    routed."""
+
+    def __init__(self, param: str, why: str):
+        super().__init__(f"{param} failed authentication ({why}): not sealed with this box's "
+                         "sbc.secret or sbc.previous_secret")
+        self.param = param
 
 
-def decode_contact(value: str) -> str | None:
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        text = raw.decode()
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        return None
-    try:
-        parse_uri(text)
-    except ParseError:
-        return None
-    return text
+def throwaway_keys(entropy: Callable[[int], bytes] = os.urandom) -> Keyring:
+    """Keys for a TeamsIdentity that only looks (doctor's samples and probes): what it seals
+    opens nowhere else."""
+    return Keyring(Secret(entropy(32).hex()))
 
 
 class TeamsIdentity:
     """The SBC as Teams sees it: base FQDN, tenant FQDNs (carrier mode), signalling port,
-    which hosts are Teams."""
+    which hosts are Teams; and the sealer of the values it hands out in URIs."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, keys: Keyring | None = None, *,
+                 entropy: Callable[[int], bytes] = os.urandom):
+        self.sealer = Sealer(keys or throwaway_keys(entropy))
+        self.entropy = entropy
         self.fqdn = config.sbc.fqdn
         self.port = config.teams.signaling_port
         self.names = frozenset({self.fqdn, *config.teams.tenants})
@@ -96,45 +102,61 @@ class TeamsIdentity:
             return value  # already ours (our own keep-alive answer, or a spiral)
         user = f"{orig.user}@" if orig.user else ""
         new = (f"sip:{user}{fqdn or self.fqdn}:{self.port};transport=tls;"
-               f"{CONTACT_PARAM}={encode_contact(na.uri)}")
+               f"{CONTACT_PARAM}={self.seal_contact(na.uri)}")
         return str(NameAddr(new, na.display, na.params))
 
+    def seal_contact(self, uri: str) -> str:
+        return self.sealer.seal(uri, CONTACT, self.entropy)
+
+    def open_contact(self, value: str) -> str:
+        """The PBX Contact sealed in an x-tsbc-c value; Forged when it does not open or is
+        not a URI."""
+        try:
+            text = self.sealer.open(value, CONTACT)
+            parse_uri(text)
+        except Unsealable as e:
+            raise Forged(CONTACT_PARAM, str(e)) from None
+        except ParseError:
+            raise Forged(CONTACT_PARAM, "not a URI") from None
+        return text
+
     def original_target(self, ruri: SipUri) -> str | None:
-        """The PBX contact hidden in a Request-URI we handed out as Contact, or None."""
+        """The PBX contact hidden in a Request-URI we handed out as Contact; None when the
+        R-URI carries none; Forged when it carries one that is not ours."""
         v = ruri.params.get(CONTACT_PARAM)
         if v is None or ruri.host.lower() not in self.names:
             return None
-        return decode_contact(v)
+        return self.open_contact(v)
+
+    def fold_route(self, entries: list[str], fqdn: str) -> str:
+        """One Record-Route entry naming us that carries `entries` (in the order they will be
+        used as Route by whoever receives them back), sealed."""
+        token = self.sealer.seal("\n".join(entries), ROUTE, self.entropy)
+        return f"<sip:{fqdn}:{self.port};transport=tls;lr;r2=on;{RR_PARAM}={token}>"
+
+    def unfold_route(self, uri: SipUri) -> list[str] | None:
+        """The entries folded into one of our Route/Record-Route URIs; None when it carries
+        none; Forged when it carries a value that is not ours."""
+        v = uri.params.get(RR_PARAM)
+        if v is None:
+            return None
+        try:
+            raw = self.sealer.open(v, ROUTE)
+        except Unsealable as e:
+            raise Forged(RR_PARAM, str(e)) from None
+        entries = [e for e in raw.split("\n") if e]
+        for e in entries:
+            try:
+                parse_name_addr(e).sip_uri()
+            except ParseError:
+                raise Forged(RR_PARAM, "not a route set") from None
+        return entries
 
 
 # Topology hiding (security.topology_hiding): the Record-Route entries of the PBX side (ours
 # and the PBX's own) travel toward Teams folded into one entry naming our FQDN; popping it
 # restores them, so the PBX keeps its real route set, with no state (restarts included).
 RR_PARAM = "x-tsbc-rr"
-
-
-def fold_route(entries: list[str], fqdn: str, port: int) -> str:
-    """One Record-Route entry naming us that carries `entries` (in the order they will be
-    used as Route by whoever receives them back)."""
-    token = encode_contact("\n".join(entries))
-    return f"<sip:{fqdn}:{port};transport=tls;lr;r2=on;{RR_PARAM}={token}>"
-
-
-def unfold_route(uri: SipUri) -> list[str] | None:
-    v = uri.params.get(RR_PARAM)
-    if v is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4)).decode()
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        return None
-    entries = [e for e in raw.split("\n") if e]
-    for e in entries:
-        try:
-            parse_name_addr(e).sip_uri()
-        except ParseError:
-            return None
-    return entries
 
 
 def rewrite_toward_teams(msg: Message, ident: TeamsIdentity, fqdn: str | None = None) -> None:

@@ -1,6 +1,6 @@
 """The SBC's own sections: `sbc`, `teams`, `pbx`, `numbers`, `log` -> typed settings.
 
-    sbc:     {fqdn: sbc.example.com}
+    sbc:     {fqdn: sbc.example.com, secret: ..., previous_secret: ..., secret_file: ...}
     teams:   listen, certificate, private_key, trusted_ca, proxies, port, resolve, tenants, ...
     pbx:     listen, transport, address, options_interval, options_timeout, auth, prack, early_media
     numbers: country_code, international_prefix, national_prefix
@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .addresses import HostPort
+from .sealing import MIN_SECRET, Secret
 from .settings import FQDN_RE, SettingsReader
+
+SECRET_FILE = "sbc-secret"   # per-install secret when sbc.secret is not set (docs/ha.md)
 
 TEAMS_PROXIES = {
     "commercial": ("sip.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com",
@@ -36,6 +39,9 @@ TEAMS_SAN = {
 @dataclass(frozen=True, slots=True)
 class SbcSection:
     fqdn: str
+    secret: Secret | None = None           # shared by every box of a pair (docs/ha.md)
+    previous_secret: Secret | None = None  # still accepted during a rotation
+    secret_file: Path = Path(SECRET_FILE)  # without sbc.secret: this box's own, made on first start
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +114,53 @@ class DigestCredentials:
 
 def parse_sbc(r: SettingsReader, data: dict) -> str | None:
     """sbc.fqdn, lower-cased; None (and an error) when missing or not an FQDN."""
-    s = r.section(data, "sbc", {"fqdn"})
+    s = r.section(data, "sbc", {"fqdn", "secret", "previous_secret", "secret_file"})
     fqdn = r.str_(s, "sbc", "fqdn")
     if fqdn and not FQDN_RE.match(fqdn):
         r.err("sbc.fqdn", f"{fqdn!r} is not a fully qualified domain name (Teams refuses IPs: use e.g. sbc.example.com)")
         fqdn = None
     return fqdn.lower() if fqdn else None
+
+
+def parse_sbc_keys(r: SettingsReader, data: dict, env: dict[str, str] | None = None
+                   ) -> tuple[Secret | None, Secret | None, Path]:
+    """sbc.secret, sbc.previous_secret and sbc.secret_file. Values are never echoed in an
+    error. Without sbc.secret the box seals with its own secret in sbc.secret_file (default:
+    `sbc-secret` in $STATE_DIRECTORY, which systemd sets from StateDirectory=, else next to the
+    config file), created on the first start: fine for one box, not for a pair."""
+    import os
+
+    s = data.get("sbc") if isinstance(data, dict) else None
+    s = s if isinstance(s, dict) else {}
+    secret = _secret(r, s, "secret")
+    previous = _secret(r, s, "previous_secret")
+    if previous is not None and secret is None:
+        r.err("sbc.previous_secret", "needs sbc.secret (the new secret; the previous one is only "
+                                     "accepted, never used to seal)")
+    if secret is not None and previous is not None and secret == previous:
+        r.err("sbc.previous_secret", "is the same as sbc.secret (remove it, or put the old secret here)")
+    state = (env if env is not None else os.environ).get("STATE_DIRECTORY", "").split(":")[0]
+    default = str(Path(state) / SECRET_FILE) if state else SECRET_FILE
+    path = r.path(s, "sbc", "secret_file", default, must_exist=False) or r.base / SECRET_FILE
+    return secret, previous, path
+
+
+def _secret(r: SettingsReader, s: dict, key: str) -> Secret | None:
+    v = s.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        r.err(f"sbc.{key}", f"must be a string of at least {MIN_SECRET} characters (got a "
+                            f"{type(v).__name__}; quote it in YAML)")
+        return None
+    if len(v) < MIN_SECRET:
+        r.err(f"sbc.{key}", f"must be at least {MIN_SECRET} characters, got {len(v)} (e.g. the "
+                            "output of: openssl rand -base64 33)")
+        return None
+    if v != v.strip() or any(ord(c) < 32 for c in v):
+        r.err(f"sbc.{key}", "must not contain spaces at either end or control characters")
+        return None
+    return Secret(v)
 
 
 def parse_certs_dir(r: SettingsReader, data: dict) -> Path:

@@ -250,8 +250,8 @@ async def test_ip_in_contact_from_the_sbc_code_fails_identity(tmp_path, test_pki
     from teamsbc import teams
     real_init = teams.TeamsIdentity.__init__
 
-    def with_ip(self, config):
-        real_init(self, config)
+    def with_ip(self, config, *args, **kw):
+        real_init(self, config, *args, **kw)
         self.fqdn = "192.0.2.10"
     config = cfg.from_dict({
         "sbc": {"fqdn": SBC_FQDN},

@@ -541,6 +541,28 @@ async def test_pool_owner_down_is_an_error_not_a_move():
     await pool.close()
 
 
+async def test_pool_moves_a_call_to_the_instance_that_shares_it_when_the_owner_dies(caplog):
+    """rtpengines sharing calls through Redis (docs/ha.md): B holds A's call as a foreign call,
+    so when A dies the call moves to B, on a failed command or once A is known to be down."""
+    world = FakeWorld()
+    pool = fake_pool(world, [A, B])
+    await pool.request(sdp_policy.offer(SIMPLE_SDP, "c1", "ft"))
+    await pool.request(sdp_policy.offer(SIMPLE_SDP, "c2", "ft"))
+    await pool.request(sdp_policy.offer(SIMPLE_SDP, "c3", "ft"))
+    assert [pool.owner(c).address for c in ("c1", "c2", "c3")] == [A, B, A]
+    world.calls[B] |= {"c1", "c3"}          # what Redis gave B
+    world.mode[A] = "refused"
+    reply = await pool.request(sdp_policy.answer(SIMPLE_SDP, "c1", "ft", "tt"))
+    assert reply["result"] == "ok" and pool.owner("c1").address == B
+    assert not pool.instance(A).healthy
+    await pool.request(sdp_policy.delete("c3"))   # A already down: straight to B
+    assert [(a, n) for a, n, c, _ in world.log if c == "c3"][-2:] == [(B, "query"), (B, "delete")]
+    assert pool.moved == 2
+    assert "call c1: rtpengine udp:10.0.0.1:2222 did not answer answer" in caplog.text
+    assert "moved to udp:10.0.0.2:2222" in caplog.text
+    await pool.close()
+
+
 async def test_pool_finds_the_owner_of_an_unknown_call_after_a_restart():
     world = FakeWorld()
     pool = fake_pool(world, [A, B])

@@ -75,9 +75,11 @@ def pbx_in_dialog(method, cseq, *, extra="", body=b"", ctype=None, branch=None):
 
 
 # =========================================================================== 1. transfers
-def teams_refer(refer_to: str, referred_by: str = REFERRED_BY) -> bytes:
-    """Teams' REFER in the dialog of teams_invite(), after the PBX answered with tag p1."""
-    return ("REFER sip:sbc.example.com:5061;transport=tls;x-tsbc-c=c2lwOjEwMDBAMTAuMC4wLjEwOjUwNjA SIP/2.0\r\n"
+def teams_refer(proxy, refer_to: str, referred_by: str = REFERRED_BY) -> bytes:
+    """Teams' REFER in the dialog of teams_invite(), after the PBX answered with tag p1 (its
+    R-URI is the Contact the SBC gave Teams: the PBX's, sealed with this proxy's key)."""
+    sealed = proxy.policy.teams.seal_contact("sip:1000@10.0.0.10:5060")
+    return (f"REFER sip:sbc.example.com:5061;transport=tls;x-tsbc-c={sealed} SIP/2.0\r\n"
             "VIA: SIP/2.0/TLS 52.114.14.70:5061;branch=z9hG4bKrefer1\r\n"
             "MAX-FORWARDS: 70\r\n"
             "FROM: <sip:+4930123@sip.pstnhub.microsoft.com:5061;user=phone>;tag=t1\r\n"
@@ -99,7 +101,7 @@ def transferee_invite(ruri: str, *, referred_by: str | None = None, route: str =
 
 def test_refer_from_teams_reaches_the_pbx_with_refer_to_and_referred_by_intact(tmp_path):
     proxy = proxy_with(tmp_path, teams={"allow_refer": True})
-    _, sends = split(proxy.receive(teams_refer(MRI_URI), TEAMS_SRC, 0.0))
+    _, sends = split(proxy.receive(teams_refer(proxy, MRI_URI), TEAMS_SRC, 0.0))
     assert [label(m) for _, m in sends] == ["REFER"]
     dest, refer = sends[0]
     assert dest.leg == PBX and refer.uri == "sip:1000@10.0.0.10:5060"
@@ -114,7 +116,7 @@ def test_refer_from_teams_reaches_the_pbx_with_refer_to_and_referred_by_intact(t
 @pytest.mark.parametrize("target", [MRI_URI, PSTN_URI], ids=["teams-user", "pstn"])
 def test_transferee_invite_reaches_teams_with_the_exact_uri_and_referred_by(tmp_path, target):
     proxy = proxy_with(tmp_path, teams={"allow_refer": True})
-    proxy.receive(teams_refer(target), TEAMS_SRC, 0.0)
+    proxy.receive(teams_refer(proxy, target), TEAMS_SRC, 0.0)
     # the transferee (no Referred-By of its own: the one Teams sent comes back) sends through
     # the SBC as its outbound proxy: a preloaded Route naming us
     _, sends = split(proxy.receive(transferee_invite(target, route="<sip:10.0.0.5:5060;lr>"), PBX_SRC, 1.0))
@@ -130,7 +132,7 @@ def test_transferee_invite_reaches_teams_with_the_exact_uri_and_referred_by(tmp_
 
 def test_transferee_referred_by_of_its_own_passes_unchanged_and_memory_expires(tmp_path):
     proxy = proxy_with(tmp_path, teams={"allow_refer": True})
-    proxy.receive(teams_refer(MRI_URI), TEAMS_SRC, 0.0)
+    proxy.receive(teams_refer(proxy, MRI_URI), TEAMS_SRC, 0.0)
     own = "<sip:+441632960100@10.0.0.10>"
     _, sends = split(proxy.receive(transferee_invite(MRI_URI, referred_by=own), PBX_SRC, 1.0))
     assert sends[1][1].headers.get_all("referred-by") == [own]

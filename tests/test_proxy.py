@@ -11,7 +11,8 @@ from teamsbc import config as cfg
 from teamsbc.app import build
 from teamsbc.decisions import PBX, TEAMS, Destination, Source
 from teamsbc.sip.message import parse_message
-from teamsbc.teams import X_MS_SBC, decode_contact
+from teamsbc.keyfile import keyring
+from teamsbc.teams import X_MS_SBC, TeamsIdentity
 
 PBX_ADDR = ("10.0.0.10", 5060)
 TEAMS_ADDR = ("52.114.14.70", 41234)
@@ -76,7 +77,7 @@ def response_to(req_bytes, status, reason, *, to_tag="teamstag", contact=None, r
     return "\r\n".join(lines).encode() + body
 
 
-def test_pbx_to_teams_invite_headers(proxy):
+def test_pbx_to_teams_invite_headers(proxy, conf):
     sends = proxy.receive(pbx_invite(), PBX_SRC, 0.0)
     assert len(sends) == 2
     trying = parse_message(sends[0].data)
@@ -96,7 +97,8 @@ def test_pbx_to_teams_invite_headers(proxy):
     contact = h.get("contact")
     assert contact.startswith("<sip:1000@sbc.example.com:5061;transport=tls;x-tsbc-c=")
     enc = contact.split("x-tsbc-c=")[1].rstrip(">")
-    assert decode_contact(enc) == "sip:1000@10.0.0.10:5060"
+    assert "10.0.0.10" not in contact  # sealed: Teams cannot read the PBX's address
+    assert TeamsIdentity(conf, keyring(conf.sbc)).open_contact(enc) == "sip:1000@10.0.0.10:5060"
     assert h.get("x-ms-sbc") == X_MS_SBC
     assert "REFER" not in h.get("allow")
     assert h.get("supported") == "timer"

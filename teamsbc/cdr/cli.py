@@ -14,7 +14,7 @@ from .store import open_readonly, query
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="YAML config (its cdr.path names the database)")
+    p.add_argument("-c", "--config", help="YAML config (its cdr.url or cdr.path names the database)")
     p.add_argument("--db", help="the CDR database itself (instead of -c)")
     p.add_argument("--since", type=parse_time, help="calls set up at or after this time (ISO 8601; UTC without zone)")
     p.add_argument("--until", type=parse_time, help="calls set up before this time (ISO 8601; UTC without zone)")
@@ -35,7 +35,13 @@ def cmd_cdr(args: argparse.Namespace) -> int:
         if args.db:
             path = Path(args.db)
         elif args.config:
-            path = settings_from_config_file(args.config).path
+            settings = settings_from_config_file(args.config)
+            if settings.url is not None:   # one PostgreSQL store for every box (docs/ha.md)
+                from .pg import read_rows
+                rows = read_rows(settings.url, args.since, args.until, args.limit)
+                sys.stdout.write(format_rows(rows, args.format))
+                return 0
+            path = settings.path
         else:
             print("teamsbc cdr: give -c CONFIG or --db FILE", file=sys.stderr)
             return 2

@@ -82,6 +82,8 @@ class CdrStore:
     begin()/commit(); reads (`query`) use a second connection, so the admin API and `teamsbc
     cdr` never wait for a write in progress."""
 
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
     def __init__(self, path: str | Path, *, synchronous: str = "normal",
                  migrations: Sequence[tuple[int, list[str]]] = MIGRATIONS,
                  checkpoint_interval: float | None = CHECKPOINT_INTERVAL):

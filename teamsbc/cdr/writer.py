@@ -14,21 +14,22 @@ Durability contract (tested with kill -9 in tests/test_cdr.py): an event is on d
 WAL) once its batch is committed; a kill -9 or crash of the process loses only the events
 queued and not yet committed at that moment, which is the last batch in progress (at most
 `MAX_BATCH` events, in practice the last few milliseconds). Graceful stops (SIGTERM) lose
-nothing. A database error (disk full, locked) does not lose events either: the batch is
+nothing. A database error (disk full, locked; with PostgreSQL a server that is down or a
+lost connection, which the store reopens) does not lose events either: the batch is
 rolled back and retried every `RETRY_INTERVAL` seconds, up to `MAX_BACKLOG` events waiting;
 beyond that the oldest are dropped and counted (`stats["dropped"]`, logged).
 """
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
 from typing import Callable, Protocol
 
 from ..events import MediaStats, Observer
-from .store import media_columns
+from .settings import CdrError, CdrSettings
+from .store import CdrStore, media_columns
 
 log = logging.getLogger("teamsbc.cdr")
 
@@ -39,7 +40,11 @@ RETRY_INTERVAL = 1.0     # s between attempts after a database error
 
 
 class CdrBackend(Protocol):
-    """Where rows go (CdrStore for SQLite). Called from the writer thread only."""
+    """Where rows go (CdrStore for SQLite, pg.PgStore for PostgreSQL). Called from the writer
+    thread only. `errors`: what a database that refuses writes raises (the batch is kept and
+    retried); anything else is a bug."""
+
+    errors: tuple[type[BaseException], ...]
 
     def begin(self) -> None: ...
     def commit(self) -> None: ...
@@ -51,6 +56,14 @@ class CdrBackend(Protocol):
     def ended(self, row: int | None, call_id: str, by: str, at: float) -> bool: ...
     def media(self, call_id: str, stats: dict) -> bool: ...
     def close(self) -> None: ...
+
+
+def open_store(settings: CdrSettings) -> CdrBackend:
+    """The store `cdr` names: PostgreSQL with cdr.url (teamsbc.cdr.pg), else SQLite at cdr.path."""
+    if settings.url is not None:
+        from .pg import PgStore
+        return PgStore(settings.url)
+    return CdrStore(settings.path, synchronous=settings.synchronous)
 
 
 _STOP = ("stop",)
@@ -69,6 +82,7 @@ class CdrWriter:
         self._queue: deque[tuple] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._inflight = 0
         self._thread = threading.Thread(target=self._run, name="cdr-writer", daemon=True)
         self._thread.start()
 
@@ -115,7 +129,9 @@ class CdrWriter:
 
     @property
     def backlog(self) -> int:
-        return len(self._queue)
+        """Events not yet committed: queued, plus the batch being written (or retried while
+        the database refuses writes)."""
+        return len(self._queue) + self._inflight
 
     # ---------------------------------------------------------------- the writer thread
     def _run(self) -> None:
@@ -128,7 +144,9 @@ class CdrWriter:
             if stop:
                 batch.pop()
             if batch:
+                self._inflight = len(batch)
                 self._write(batch)
+                self._inflight = 0
             if stop:
                 return
 
@@ -142,7 +160,7 @@ class CdrWriter:
                 for op in batch:
                     self._apply(op)
                 self.store.commit()
-            except sqlite3.Error as e:
+            except (*self.store.errors, CdrError) as e:
                 self.store.rollback()
                 self.open = saved
                 self.stats["errors"] += 1

@@ -27,6 +27,9 @@ failures Microsoft reports for an SBC (docs/troubleshooting.md; shared reference
                --sample FILE adds captured messages (what the SBC sent to Teams)
     media      rtpengine configured and answering NG ping (else Teams gets plain RTP: 488)
     clock      NTP synchronised (timedatectl, chronyc or ntpq)
+    pair       with --pair URL (the other box's admin API): reachable, the same sbc.secret
+               (an HMAC of a random challenge, never the secret), the same FQDN, clocks within
+               0.5 s (docs/ha.md)
 
 Everything runs offline against a lab (teams.trusted_ca, teams.resolve to loopback peers,
 --resolve for the SBC FQDN): see tests/test_doctor.py.
@@ -73,7 +76,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     opts = Options(resolve=resolve, public_ips=tuple(args.public_ip or ()), test_endpoint=args.test_endpoint,
                    admin_url=args.admin, admin_token=args.admin_token,
                    samples=tuple(Path(p) for p in args.sample or ()), timeout=args.timeout,
-                   skip=tuple(args.skip or ()))
+                   skip=tuple(args.skip or ()), pair_url=args.pair)
     print(f"teamsbc doctor: {config.source} (sbc {config.sbc.fqdn}, cloud {config.teams.cloud})\n")
     results = Doctor(config, opts).run()
     print_results(results)
@@ -98,6 +101,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--admin-token", metavar="TOKEN", help="admin API token (default admin.token)")
     p.add_argument("--sample", action="append", metavar="FILE",
                    help="also check SIP messages the SBC sent to Teams (e.g. from a trace); repeatable")
+    p.add_argument("--pair", metavar="URL", help="the other box of an HA pair: its admin API, e.g. "
+                   "http://10.0.0.12:8080 (checks the shared secret, reachability, clocks)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per network check (default 5)")
     p.add_argument("--skip", action="append", choices=CHECKS, help="leave a check out; repeatable")
     p.set_defaults(func=cmd_doctor)

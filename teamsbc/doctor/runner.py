@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
-from . import cert, clock, dns, identity, media, options, teams_ping, tls
+from . import cert, clock, dns, identity, media, options, pair, teams_ping, tls
 from .report import Result
 
-CHECKS = ("dns", "cert", "tls", "options", "teams-ping", "identity", "media", "clock")
+CHECKS = ("dns", "cert", "tls", "options", "teams-ping", "identity", "media", "clock", "pair")
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Options:
     samples: tuple[Path, ...] = ()                           # --sample FILE
     timeout: float = 5.0
     skip: tuple[str, ...] = ()
+    pair_url: str | None = None                              # --pair URL (the other box's admin API)
 
 
 class Doctor:
@@ -58,6 +59,8 @@ class Doctor:
             out += self.check_identity()
         if "clock" not in skip:
             out += await asyncio.to_thread(self.check_clock)
+        if self.o.pair_url and "pair" not in skip:
+            out += await self.check_pair()
         return out
 
     def run(self) -> list[Result]:
@@ -88,3 +91,7 @@ class Doctor:
 
     def check_clock(self) -> list[Result]:
         return clock.check()
+
+    async def check_pair(self) -> list[Result]:
+        assert self.o.pair_url
+        return await pair.check(self.config, self.o.pair_url, self.o.admin_token, self.o.timeout)

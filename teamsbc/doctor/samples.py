@@ -18,10 +18,12 @@ from ..config import Config
 from ..media.settings import MediaSection
 from ..proxy import PBX, TEAMS, Destination, Source
 from ..routing import Router
+from ..teams import throwaway_keys
 from ..sip.build import branch, new_request
 from ..sip.message import (KEEPALIVE_PING, Message, Request, Response, StreamFramer,
                            make_response, parse_message)
 
+KEYS = throwaway_keys()   # the samples seal nothing that must open elsewhere: no secret file made
 TEAMS_ADDR = ("52.114.14.70", 41234)     # a Teams signalling address (52.112.0.0/14)
 TEAMS_VIA = "SIP/2.0/TLS 52.114.14.70:5061"
 TEAMS_CALLER = "<sip:+12065550123@sip.pstnhub.microsoft.com:5061;user=phone>"
@@ -58,7 +60,7 @@ def sample_messages(config: Config) -> list[tuple[str, Message]]:
     port = conf.teams.signaling_port
 
     # our answer to Teams' OPTIONS
-    proxy = build(conf)[1]
+    proxy = build(conf, keys=KEYS)[1]
     sends = proxy.receive(_teams_request("OPTIONS", f"sip:{conf.sbc.fqdn}:{port}", len(out),
                                          [("contact", "<sip:sip.pstnhub.microsoft.com:5061;transport=tls>")]),
                           teams_src, 0.0)
@@ -88,7 +90,7 @@ def sample_messages(config: Config) -> list[tuple[str, Message]]:
             from_=f"<sip:{caller}@{trunk.host}>;tag=pbx{n}", to=f"<sip:{CALLEE}@{me}>",
             call_id=f"doctor-pbx-{n}@{trunk.host}", cseq=1,
             extra=[("contact", f"<sip:1000@{trunk}>"), ("content-type", "application/sdp")], body=SDP)
-        proxy = build(conf)[1]
+        proxy = build(conf, keys=KEYS)[1]
         sends = proxy.receive(invite.to_bytes(), pbx_src, 0.0)
         fwd = [s for s in sends if isinstance(s.to, Destination) and s.to.leg == TEAMS]
         if not fwd:
@@ -96,7 +98,7 @@ def sample_messages(config: Config) -> list[tuple[str, Message]]:
         out.append((f"relayed INVITE [{name}]", parse_message(fwd[0].data)))
 
         # Teams -> PBX: a new call to that identity; the PBX answers 200 with its own Contact
-        proxy = build(conf)[1]
+        proxy = build(conf, keys=KEYS)[1]
         ruri = f"sip:{CALLEE}@{name}:{port};user=phone;transport=tls"
         sends = proxy.receive(_teams_request(
             "INVITE", ruri, len(out),

@@ -17,8 +17,13 @@ Rules:
   healthy instance chosen by smooth weighted round-robin. If that instance does not answer
   (timeout, refused), it is marked down and the next healthy one is tried with the same
   command (the client makes a fresh cookie). If none is healthy: :class:`NoMediaAvailable`.
-- Every later command of that call-id goes to the instance that owns it; the pool never moves
-  a call (its ports live in that rtpengine). ``delete`` forgets the owner.
+- Every later command of that call-id goes to the instance that owns it. ``delete`` forgets
+  the owner.
+- When the owner is down (marked by pings, or it fails this very command), the call moves to
+  a healthy instance that has it: rtpengines sharing call state through Redis (``redis``,
+  ``subscribe-keyspace``, ``active-switchover``; docs/ha.md) each hold the others' calls as
+  "foreign" calls on the same ports, so ``query`` finds it there and that instance takes it
+  over. Without shared state no other instance has it and the command fails as before.
 - A call-id the pool does not know in a later command (the SBC restarted; calls survive a
   restart) is looked up with ``query`` on every healthy instance.
 - Health: every ``ping_interval`` s each instance is pinged; ``down_after`` failures in a row,
@@ -125,6 +130,7 @@ class MediaPool:
         self.owner_ttl = owner_ttl
         self._owners: dict[str, tuple[Instance, float]] = {}
         self._placing: dict[str, asyncio.Future[None]] = {}
+        self.moved = 0   # calls moved to another instance after their owner went down
         self._ping_task: asyncio.Task | None = None
 
     # ---- lifecycle
@@ -251,6 +257,8 @@ class MediaPool:
             await asyncio.shield(placing)
         try:
             inst = self.owner(call_id)
+            if inst is not None and not inst.healthy:
+                inst = await self._move(call_id, inst, "is down") or inst
             if inst is None:
                 if name == "offer" and not command.get("to-tag"):
                     return await self._new_call(call_id, command)
@@ -266,7 +274,10 @@ class MediaPool:
                 return await inst.client.request(command)
             except NgUnavailable as exc:
                 self._request_failed(inst, exc)
-                raise
+                heir = await self._move(call_id, inst, f"did not answer {name} ({exc})")
+                if heir is None:
+                    raise
+                return await heir.client.request(command)
         finally:
             if name == "delete" and not keep_owner:
                 self.forget(call_id)
@@ -316,6 +327,20 @@ class MediaPool:
             log.info("call %s found on %s", call_id, found[0].address)
             return found[0]
         return None
+
+    async def _move(self, call_id: str, dead: Instance, why: str) -> Instance | None:
+        """The call's owner `dead` is gone: a healthy instance that has the call (shared state)
+        becomes its owner. None when none has it."""
+        heir = await self._find_owner(call_id)
+        if heir is None:
+            log.error("call %s: rtpengine %s %s and no other rtpengine has the call", call_id,
+                      dead.address, why)
+            return None
+        self._own(call_id, heir)
+        self.moved += 1
+        log.warning("call %s: rtpengine %s %s: moved to %s (it holds the call's state from Redis)",
+                    call_id, dead.address, why, heir.address)
+        return heir
 
     async def request_to(self, instance: Instance | str, command: Mapping[str, Any]) -> dict[str, Any]:
         """Send a command to one instance (``list``, ``statistics``, ``ping``), by Instance or

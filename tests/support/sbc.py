@@ -31,8 +31,13 @@ class SbcProcess:
                  proxies: list[str] | None = None,
                  extra: dict[str, Any] | None = None,
                  invite_timeout: float | None = None,
-                 keepalive: bool = False):
-        self.dir = Path(tmp_path) / "sbc"
+                 keepalive: bool = False,
+                 host: str = LOOPBACK,
+                 name: str = "sbc"):
+        """`host`: the address both listeners bind (two boxes on one machine: two loopback
+        addresses, same ports); `name`: the working directory under tmp_path."""
+        self.host = host
+        self.dir = Path(tmp_path) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs = procs
         self.pki = pki
@@ -44,7 +49,7 @@ class SbcProcess:
         for name, target in (teams_resolve or {}).items():
             resolve[name] = target if isinstance(target, str) else f"{LOOPBACK}:{target}"
         teams: dict[str, Any] = {
-            "listen": f"{LOOPBACK}:{self.teams_port}",
+            "listen": f"{host}:{self.teams_port}",
             "certificate": str(pki.sbc_fullchain),
             "private_key": str(pki.sbc_key),
             "trusted_ca": str(pki.ca_cert),
@@ -60,7 +65,7 @@ class SbcProcess:
         self.config: dict[str, Any] = {
             "sbc": {"fqdn": pki.sbc_fqdn},
             "teams": teams,
-            "pbx": {"listen": f"{LOOPBACK}:{self.pbx_listen_port}", "transport": pbx_transport,
+            "pbx": {"listen": f"{host}:{self.pbx_listen_port}", "transport": pbx_transport,
                     "address": f"{pbx_host}:{pbx_port}", "options_interval": 30 if keepalive else 0},
             "numbers": {"country_code": "44"},
             "log": {"level": "debug"},
@@ -84,9 +89,10 @@ class SbcProcess:
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.generation += 1
         argv = [sys.executable, "-m", "teamsbc", "run", "-c", str(self.config_path)]
-        self.process = self.procs.start(f"teamsbc-{self.generation}", argv, cwd=self.dir, logdir=self.dir)
-        wait_port(LOOPBACK, self.teams_port, "tcp", timeout=timeout, process=self.process)
-        wait_port(LOOPBACK, self.pbx_listen_port, "udp" if self.pbx_transport == "udp" else "tcp",
+        self.process = self.procs.start(f"teamsbc-{self.dir.name}-{self.generation}", argv, cwd=self.dir,
+                                        logdir=self.dir)
+        wait_port(self.host, self.teams_port, "tcp", timeout=timeout, process=self.process)
+        wait_port(self.host, self.pbx_listen_port, "udp" if self.pbx_transport == "udp" else "tcp",
                   timeout=timeout, process=self.process)
         return self
 
