@@ -1,0 +1,83 @@
+"""CDR search for people (the console's CDR page, `GET /cdr?number=&result=`): by number, date
+range, result and Call-ID, on a read-only connection of its own (the writer thread and the SBC
+never wait for a search). Blocking: run it off the event loop.
+
+    rows = search(path, number="+44207946", since=t0, until=t1, result="failed", limit=500)
+
+`number` matches anywhere in the caller or the callee (digits, `+`, `*`, `#`; spaces and dashes
+are ignored); `result` is `answered`, `failed` (no answer, not cancelled), `cancelled` (487) or
+a status code. Rows come as `store.COLUMNS` dicts, oldest first, the newest `limit` of them.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .settings import CdrError
+from .store import COLUMNS, open_readonly
+
+RESULTS = {
+    "answered": "answer_time IS NOT NULL",
+    "failed": "answer_time IS NULL AND status >= 300 AND status != 487",
+    "cancelled": "status = 487",
+}
+MAX_LIMIT = 100_000
+_NUMBER = re.compile(r"[0-9+*#]{1,32}\Z")
+
+
+class SearchError(ValueError):
+    """A search term that cannot be used, with what would be right."""
+
+
+def normalise_number(text: str) -> str:
+    n = re.sub(r"[\s\-().]", "", text)
+    if not _NUMBER.match(n):
+        raise SearchError(f"number {text!r}: digits, + * # only, at most 32 (e.g. +4420794)")
+    return n
+
+
+def where(*, since: float | None = None, until: float | None = None, number: str | None = None,
+          result: str | None = None, call_id: str | None = None) -> tuple[str, list]:
+    clauses, args = [], []
+    if since is not None:
+        clauses.append("setup_time >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("setup_time < ?")
+        args.append(until)
+    if number:
+        n = normalise_number(number)
+        clauses.append("(instr(caller, ?) > 0 OR instr(callee, ?) > 0)")
+        args += [n, n]
+    if result:
+        r = result.strip().lower()
+        if r in RESULTS:
+            clauses.append(RESULTS[r])
+        elif r.isdigit() and len(r) == 3:
+            clauses.append("status = ?")
+            args.append(int(r))
+        else:
+            raise SearchError(f"result {result!r}: answered, failed, cancelled or a status code (e.g. 486)")
+    if call_id is not None:
+        clauses.append("call_id = ?")
+        args.append(call_id)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def search(path: str | Path, *, since: float | None = None, until: float | None = None,
+           number: str | None = None, result: str | None = None, call_id: str | None = None,
+           limit: int = 1000) -> list[dict]:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise SearchError(f"limit {limit}: 1-{MAX_LIMIT}")
+    sql_where, args = where(since=since, until=until, number=number, result=result, call_id=call_id)
+    try:
+        db = open_readonly(path)
+    except CdrError:
+        return []       # no database yet: nothing was recorded
+    try:
+        db.execute("PRAGMA busy_timeout=2000")
+        rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM calls{sql_where} "
+                          f"ORDER BY setup_time DESC, id DESC LIMIT {int(limit)}", args).fetchall()
+    finally:
+        db.close()
+    return [dict(zip(COLUMNS, r)) for r in reversed(rows)]
