@@ -182,8 +182,9 @@ def _auth_middleware(token: str | None, sessions: Sessions):
                                                                    request.secure):
                 return forbidden("Refused: a request from another site")
             return await handler(request)
-        if is_console(path) and request.method in SAFE_METHODS:
-            raise web.HTTPSeeOther("/console/login?" + urlencode({"next": request.path_qs}))
+        if is_console(path):        # a browser (a POST too: its session expired): to the login form
+            target = request.path_qs if request.method in SAFE_METHODS else "/"
+            raise web.HTTPSeeOther("/console/login?" + urlencode({"next": target}))
         return unauthorized()
     auth.token = token  # type: ignore[attr-defined]
     return auth

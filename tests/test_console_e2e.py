@@ -184,6 +184,16 @@ def test_login_required_wrong_token_refused_and_the_session_rules(tmp_path, proc
     assert b"<script>" not in body and b" on" + b"click=" not in body
     assert http("GET", base + "/status", headers={"Cookie": session_cookie(browser)})[0] == 200
 
+    # the configuration page and GET /config: the token never shown
+    browser.get(base + "/console/config")
+    effective = browser.wait_find("#effective").text
+    assert "token: '******** (set)'" in effective and TOKEN not in effective and "fqdn: sbc.example.com" in effective
+    assert browser.find("#check").text.startswith("ok ") and "teamsbc.yaml: ok (sbc sbc.example.com" in browser.find("#check").text
+    status, _, body = http("GET", base + "/config", headers={"Cookie": session_cookie(browser)})
+    assert status == 200 and TOKEN.encode() not in body and json.loads(body)["check"]["ok"] is True
+    status, _, body = http("GET", base + "/history", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and json.loads(body)["fine"] and json.loads(body)["step"] == 10.0
+
     # a POST of the session without its CSRF token, or from another site, is refused
     cookie_header = {"Cookie": session_cookie(browser), "Content-Type": "application/x-www-form-urlencoded"}
     assert http("POST", base + "/console/certificates/renew", headers=cookie_header, data=b"")[0] == 403
@@ -333,6 +343,13 @@ def test_live_list_ladders_masking_and_script_in_a_display_name(tmp_path, procs,
     assert sent_key not in text and "inline:" + "*" * len(sent_key) in text
     assert "selected" in browser.find(f"#arrow-{index}").attr("class")
     shot(browser, "ladder-pbx-to-teams", docs="console-call.png")
+
+    # the same ladder from the JSON API
+    status, _, body = http("GET", f"{base}/calls/{pbx_call}", headers={"Authorization": f"Bearer {TOKEN}"})
+    data = json.loads(body)
+    assert status == 200 and data["call"]["display"] == XSS_NAME and data["cdr"][0]["call_id"] == pbx_call
+    assert [(data["columns"][a["from"]], data["columns"][a["to"]], a["label"]) for a in data["ladder"]] == seq
+    assert sent_key not in body.decode()
 
     # media per leg (rtpengine's delete reply) and the CDR row
     assert len(browser.find_all("#media tbody tr")) == 2
@@ -484,6 +501,7 @@ async def test_dashboard_and_status_while_a_teams_proxy_goes_down(tmp_path, proc
         assert r.returncode == 0, r.stdout + r.stderr        # 2 of 3 usable: ready, with a warning
         assert re.search(r"sip\.pstnhub\.microsoft\.com\s+down\s", r.stdout), r.stdout
         assert "warning Teams proxy sip.pstnhub.microsoft.com is down" in r.stdout
+        (ARTIFACTS / "status-proxy-down.txt").write_text(r.stdout)
         rc, watched = await asyncio.to_thread(in_a_terminal, [*ENTRY, "status", "-c", cfg, "--watch", "--interval", "1"],
                                               until="Teams proxies", count=2)
         assert rc == 0 and watched.count("\x1b[H\x1b[2J") >= 2 and "Traceback" not in watched, watched

@@ -39,11 +39,6 @@ _CSEQ_METHOD = re.compile(rb"(?im)^cseq[ \t]*:[ \t]*[0-9]+[ \t]+([A-Za-z]+)")
 _FROM = re.compile(rb"(?im)^(?:from|f)[ \t]*:[ \t]*([^\r\n]*)")
 
 
-def _head(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[:end]
-
-
 def display_name(from_value: str) -> str | None:
     """The display-name of a From header value (RFC 3261 25.1 name-addr), unquoted, or None."""
     v = from_value.strip()
@@ -167,19 +162,20 @@ class FlightRecorder(Observer):
     # ------------------------------------------------------------------ Observer
     def sip(self, direction: str, leg: str, transport: str, local: tuple, remote: tuple,
             data: bytes, wall: float) -> None:
-        head = _head(data)
-        m = _CALL_ID.search(head)
+        end = data.find(b"\r\n\r\n")
+        end = len(data) if end < 0 else end         # the head: regular expressions stop there
+        m = _CALL_ID.search(data, 0, end)
         if m is None:
             return
         cid = m.group(1).decode(errors="replace")
         rec = self.calls.get(cid)
         if rec is None:
-            cs = _CSEQ_METHOD.search(head)
+            cs = _CSEQ_METHOD.search(data, 0, end)
             if cs is None or cs.group(1).upper() != b"INVITE":
                 return
             rec = self._new(cid, wall)
             if not data.startswith(b"SIP/"):
-                f = _FROM.search(head)
+                f = _FROM.search(data, 0, end)
                 if f is not None:
                     rec.display = display_name(f.group(1).decode(errors="replace"))
         self._add(rec, SipEntry(wall, direction, leg, transport, local, remote, data), len(data))

@@ -196,7 +196,7 @@ def alarms(checks: list[dict], teams: dict, pbx: list[dict], rtpengine: list | N
         for p in teams["proxies"]:
             if p["state"] in ("down", "cooling"):
                 out.append({"severity": "warning", "source": "teams",
-                            "text": f"Teams proxy {p['peer']} is {p['state']} since {p['since']}: {p['reason']}"})
+                            "text": f"Teams proxy {p['peer']} is {p['state']} since {_utc(p['since'])}: {p['reason']}"})
     for p in pbx[1:]:
         if p["state"] in ("down", "cooling"):
             out.append({"severity": "warning", "source": "pbx",
@@ -219,6 +219,10 @@ def alarms(checks: list[dict], teams: dict, pbx: list[dict], rtpengine: list | N
         out.append({"severity": "warning", "source": "certificate",
                     "text": f"the certificate expires in {certificate['days_left']:.1f} days"})
     return out
+
+
+def _utc(iso: str | None) -> str:
+    return "?" if not iso else iso[:19].replace("T", " ") + " UTC"
 
 
 def _span(seconds: float) -> str:
