@@ -51,11 +51,11 @@ def tag(element: str, content: Any = "", /, **attrs: Any) -> Html:
 
 def table(head: list[str], rows: Iterable[Iterable[Any]], *, id_: str | None = None, cls: str | None = None,
           empty: str = "nothing") -> Html:
-    th = join(tag("th", h) for h in head)
     body = [tag("tr", join(tag("td", c) for c in row)) for row in rows]
     if not body:
-        body = [tag("tr", tag("td", empty, colspan=str(len(head)), class_="empty"))]
-    return tag("table", Html(tag("thead", tag("tr", th)) + tag("tbody", join(body))), id=id_, class_=cls)
+        body = [tag("tr", tag("td", empty, colspan=str(max(len(head), 1)), class_="empty"))]
+    thead = tag("thead", tag("tr", join(tag("th", h) for h in head))) if any(head) else Html("")
+    return tag("table", thead + tag("tbody", join(body)), id=id_, class_=cls)
 
 
 @lru_cache(maxsize=None)

@@ -180,6 +180,7 @@ def teams_names(config: Any) -> dict[str, list[str]]:
     """IP address -> Teams names resolving there by teams.resolve (labs, split DNS)."""
     out: dict[str, list[str]] = {}
     if config is not None:
-        for name, hp in config.teams.resolve.items():
+        order = {name: i for i, name in enumerate(config.teams.proxies)}     # sip, sip2, sip3 first
+        for name, hp in sorted(config.teams.resolve.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
             out.setdefault(hp.host, []).append(name)
     return out

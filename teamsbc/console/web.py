@@ -179,7 +179,8 @@ class Console:
             while not self.closing.is_set():
                 changed.clear()
                 await resp.write(b"event: calls\ndata: " + json.dumps(self.live()).encode() + b"\n\n")
-                while True:     # until a call event (keep-alive comments meanwhile) or shutdown
+                await asyncio.sleep(STREAM_MIN_GAP)     # call events of a burst: one update
+                while not changed.is_set():     # until a call event (keep-alive comments meanwhile) or shutdown
                     waiter = asyncio.ensure_future(changed.wait())
                     done, _ = await asyncio.wait({waiter, closing}, timeout=STREAM_KEEPALIVE,
                                                  return_when=asyncio.FIRST_COMPLETED)
@@ -187,10 +188,8 @@ class Console:
                     if done:
                         break
                     await resp.write(b": keep-alive\n\n")
-                if not self.closing.is_set():
-                    await asyncio.sleep(STREAM_MIN_GAP)     # a burst of call events: one update
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass            # the browser went away
         finally:
             closing.cancel()
             unsubscribe()
