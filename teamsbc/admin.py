@@ -7,18 +7,26 @@
     ...
     await runner.cleanup()
 
-Endpoints (every one needs `Authorization: Bearer TOKEN` when a token is configured):
-    GET  /              what this is, ready or not, the endpoints (text)
+Endpoints (every one needs `Authorization: Bearer TOKEN` when a token is configured, or the
+console's session cookie, with its CSRF token on POST and DELETE):
     GET  /health        live/ready + each check; 200 when ready, 503 otherwise
     GET  /metrics       Prometheus text format 0.0.4
+    GET  /status        everything `teamsbc status` shows (console/status.py)
+    GET  /history       24 h of peer health and call counts (console/history.py)
     GET  /calls         calls in progress
-    GET  /cdr           CDR rows (?since=ISO&until=ISO&limit=N), newest last
+    GET  /calls/{id}    a recorded call: summary, ladder (credentials masked), media, CDR row
+    GET  /calls/{id}/pcap   its SIP as a pcap (credentials masked)
+    GET  /cdr           CDR rows (?since=ISO&until=ISO&limit=N&number=&result=&format=csv), newest last
     GET  /pair          ?challenge=HEX: HMAC proofs of the sealing secret, wall clock (doctor --pair)
     GET  /peers         peer health snapshots (+ rtpengine instances)
     POST /reload        reload the Teams certificate: 200 + its description, 409 + the problem
+    GET  /certificate   the certificate served, its renewal, the archive, the last "renew now"
+    POST /certificate/renew   renew now (ACME, in a thread); 200 + the outcome, 202 while it runs
+    GET  /config        effective configuration (secrets masked) + `teamsbc check` of the file
     GET  /trace         trace rules and their files
     POST /trace         {"call_id": "..."} or {"number": "+4420", "calls": 1, "seconds": 3600}
     DELETE /trace/{id}
+The web console (teamsbc/console/) is served on the same listener: `/` and `/console/...`.
 
 Config (proposed): `admin: {enabled: true, listen: 127.0.0.1:8080, token: null,
 token_file: null}`. A listener that is not loopback without a token is refused
@@ -37,6 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -46,10 +55,21 @@ from .admin_settings import AdminConfigError, AdminSettings, exposure_problem
 from .capture.hep import HepObserver
 from .capture.settings import CaptureSettings
 from .capture.traces import CallTracer
-from .cdr.export import export_rows, parse_time
+from .cdr.export import export_rows, format_rows, parse_time
+from .cdr.search import SearchError, normalise_number
 from .cdr.settings import CdrSettings
 from .cdr.writer import CdrObserver, CdrWriter, open_store
 from .events import Observers
+from .console.auth import (COOKIE, CSRF_FIELD, CSRF_HEADER, Sessions, csrf_matches, loopback_host,
+                           origin_ok)
+from .console.certinfo import Renewer
+from .console.history import History
+from .console.pages import SESSION
+from .console.recorder import FlightRecorder
+from .console import certinfo, configview, ladder
+from .console.status import RecentErrors, Sources, collect, live_media, media_dict
+from .console.web import forbidden, install as install_console, is_console, path_is_static, security_headers
+from .console.web import set_session_cookie
 from .metrics import CONTENT_TYPE, Metrics
 from .timefmt import iso_utc
 
@@ -57,9 +77,13 @@ log = logging.getLogger("teamsbc.admin")
 
 TOKEN = web.AppKey("teamsbc_admin_token", object)
 API = web.AppKey("teamsbc_admin_api", object)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+RENEW_WAIT = 120.0          # s POST /certificate/renew waits for the outcome before answering 202
 
 
 INDEX = (
+    ("GET", "/", "in a browser: the web console (dashboard, calls, CDRs, certificates, config)"),
+    ("GET", "/status", "everything `teamsbc status` shows (JSON)"),
     ("GET", "/health", "readiness and each check (200 ready, 503 not)"),
     ("GET", "/metrics", "Prometheus metrics"),
     ("GET", "/calls", "calls in progress"),
@@ -75,10 +99,14 @@ INDEX = (
 
 def make_admin_app(*, proxy: Any, shell: Any, health: Any, metrics: Metrics, cdr: CdrWriter | None,
                    config: Any, token: str | None, media: Any = None,
-                   tracer: CallTracer | None = None) -> web.Application:
-    app = web.Application(middlewares=[_auth_middleware(token)])
+                   tracer: CallTracer | None = None, recorder: FlightRecorder | None = None,
+                   history: History | None = None, errors: RecentErrors | None = None) -> web.Application:
+    sessions = Sessions()
+    app = web.Application(middlewares=[security_headers, _auth_middleware(token, sessions)])
     api = _Api(proxy, shell, health, metrics, cdr, config, media, tracer)
-    app.router.add_get("/", api.index)
+    renewer = Renewer(config, shell.reload_certificate if shell is not None else None) if config is not None else None
+    api.src = Sources(config, health, metrics, api.checks, media=media, recorder=recorder, history=history,
+                      errors=errors, cdr=cdr, renewer=renewer, tracer=tracer)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/calls", api.calls)
@@ -89,6 +117,15 @@ def make_admin_app(*, proxy: Any, shell: Any, health: Any, metrics: Metrics, cdr
     app.router.add_get("/trace", api.trace_list)
     app.router.add_post("/trace", api.trace_add)
     app.router.add_delete("/trace/{id}", api.trace_remove)
+    if config is not None:
+        app.router.add_get("/status", api.status)
+        app.router.add_get("/history", api.history)
+        app.router.add_get("/calls/{call_id}", api.call)
+        app.router.add_get("/calls/{call_id}/pcap", api.call_pcap)
+        app.router.add_get("/certificate", api.certificate)
+        app.router.add_post("/certificate/renew", api.renew)
+        app.router.add_get("/config", api.config_view)
+        install_console(app, api.src, sessions, token=token, plain=api.index)
     app[API] = api
     app[TOKEN] = token
     return app
@@ -114,17 +151,56 @@ async def start_admin(app: web.Application, listen: Any, *, token: str | None = 
     return runner
 
 
-def _auth_middleware(token: str | None):
+def _auth_middleware(token: str | None, sessions: Sessions):
+    """Who may ask (console/auth.py has the rules): the bearer token (API clients), else the
+    console's session cookie (with its CSRF token on POST/DELETE), else, without a configured
+    token, anyone on the loopback whose Host is the loopback (DNS rebinding) and whose browser
+    Origin, if any, is this listener. Console pages send a browser to the login form instead of
+    answering 401."""
     expected = f"Bearer {token}".encode() if token else None
+
+    def unauthorized() -> web.Response:
+        return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                 headers={"WWW-Authenticate": 'Bearer realm="teamsbc"'})
 
     @web.middleware
     async def auth(request: web.Request, handler):
-        if expected is not None:
-            got = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(got, expected):
-                return web.json_response({"error": "missing or wrong bearer token"}, status=401,
-                                         headers={"WWW-Authenticate": 'Bearer realm="teamsbc"'})
-        return await handler(request)
+        path = request.path
+        if path_is_static(path) or path == "/console/login":
+            return await handler(request)     # the login form and its stylesheet; login checks itself
+        if expected is None and not loopback_host(request.host):
+            return forbidden(f"Host {request.host!r} is not the loopback: without admin.token the admin "
+                             "listener answers only requests addressed to 127.0.0.1, ::1 or localhost")
+        if expected is not None and hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+            return await handler(request)
+        session = sessions.get(request.cookies.get(COOKIE))
+        fresh = None
+        if session is None and expected is None and is_console(path) and request.method in SAFE_METHODS:
+            session = fresh = sessions.new("loopback")     # nothing to log in with: a session for CSRF
+        if session is not None:
+            if request.method not in SAFE_METHODS:
+                given = request.headers.get(CSRF_HEADER)
+                if given is None and request.content_type in ("application/x-www-form-urlencoded",
+                                                              "multipart/form-data"):
+                    given = str((await request.post()).get(CSRF_FIELD, ""))
+                if not origin_ok(request.headers.get("Origin"), request.host, request.secure) \
+                        or not csrf_matches(given, session):
+                    return forbidden("Refused: the request did not carry this session's CSRF token "
+                                     "(reload the page and try again)")
+            request[SESSION] = session
+            resp = await handler(request)
+            if fresh is not None:
+                set_session_cookie(resp, request, sessions, fresh)
+            return resp
+        if expected is None:
+            if request.method not in SAFE_METHODS and not origin_ok(request.headers.get("Origin"), request.host,
+                                                                   request.secure):
+                return forbidden("Refused: a request from another site")
+            return await handler(request)
+        if is_console(path):        # a browser (a POST too: its session expired): to the login form
+            target = request.path_qs if request.method in SAFE_METHODS else "/"
+            raise web.HTTPSeeOther("/console/login?" + urlencode({"next": target}))
+        return unauthorized()
     auth.token = token  # type: ignore[attr-defined]
     return auth
 
@@ -133,6 +209,7 @@ class _Api:
     def __init__(self, proxy, shell, health, metrics, cdr, config, media, tracer):
         self.proxy, self.shell, self.book, self.m = proxy, shell, health, metrics
         self.cdr_writer, self.config, self.media, self.tracer = cdr, config, media, tracer
+        self.src: Sources | None = None
 
     @staticmethod
     def _now() -> float:
@@ -227,10 +304,17 @@ class _Api:
     async def cdr(self, request: web.Request) -> web.Response:
         if self.cdr_writer is None:
             return web.json_response({"error": "CDRs are disabled (cdr.enabled: false)"}, status=404)
+        q = request.query
         try:
-            since = parse_time(request.query["since"]) if "since" in request.query else None
-            until = parse_time(request.query["until"]) if "until" in request.query else None
-            limit = int(request.query.get("limit", "1000"))
+            since = parse_time(q["since"]) if "since" in q else None
+            until = parse_time(q["until"]) if "until" in q else None
+            limit = int(q.get("limit", "1000"))
+            number, result = q.get("number") or None, q.get("result") or None
+            if number is not None:
+                normalise_number(number)
+            fmt = q.get("format", "json")
+            if fmt not in ("json", "csv"):
+                raise ValueError(f"format {fmt!r}: json or csv")
         except Exception as e:  # noqa: BLE001
             return web.json_response({"error": str(e)}, status=400)
         if not 1 <= limit <= 100_000:
@@ -239,11 +323,84 @@ class _Api:
         writer = self.cdr_writer
         await loop.run_in_executor(None, writer.flush, 2.0)  # what happened until now is in
         try:
-            rows = await loop.run_in_executor(None, lambda: writer.store.query(since, until, limit, newest=True))
+            if number or result:
+                rows = await loop.run_in_executor(None, lambda: writer.store.search(
+                    since=since, until=until, number=number, result=result, limit=limit))
+            else:
+                rows = await loop.run_in_executor(None, lambda: writer.store.query(since, until, limit, newest=True))
+        except SearchError as e:
+            return web.json_response({"error": str(e)}, status=400)
         except writer.store.errors as e:
             return web.json_response({"error": f"CDR database unavailable: {str(e).strip()}",
                                       "backlog": writer.backlog}, status=503)
+        if fmt == "csv":
+            return web.Response(text=format_rows(rows, "csv"), content_type="text/csv", charset="utf-8")
         return web.json_response({"count": len(rows), "calls": export_rows(rows)})
+
+    # --- GET /status, /history
+    async def status(self, request: web.Request) -> web.Response:
+        assert self.src is not None
+        return web.json_response(await collect(self.src))
+
+    async def history(self, request: web.Request) -> web.Response:
+        if self.src is None or self.src.history is None:
+            return web.json_response({"error": "no history kept"}, status=404)
+        return web.json_response(self.src.history.as_dict())
+
+    # --- GET /calls/{call_id}[/pcap]
+    def _recording(self, request: web.Request):
+        rec = self.src.recorder.get(request.match_info["call_id"]) if self.src and self.src.recorder else None
+        if rec is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": "no such call in the flight recorder"}),
+                                   content_type="application/json")
+        return rec
+
+    async def call(self, request: web.Request) -> web.Response:
+        rec = self._recording(request)
+        columns, arrows = ladder.build(rec, ladder.teams_names(self.config))
+        body = {"call": rec.summary(), "columns": [c.key for c in columns],
+                "ladder": [a.as_dict() for a in arrows]}
+        body["call"]["media"] = media_dict(rec.media)
+        if rec.ended is None and self.media is not None:
+            probe = [{"call_id": rec.call_id, "media": None}]
+            await live_media(self.media, probe)
+            body["call"]["media"] = probe[0]["media"] or body["call"]["media"]
+        if self.cdr_writer is not None:
+            writer = self.cdr_writer
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, writer.flush, 2.0)
+            rows = await loop.run_in_executor(None, lambda: writer.store.search(call_id=rec.call_id))
+            body["cdr"] = export_rows(rows)
+        return web.json_response(body)
+
+    async def call_pcap(self, request: web.Request) -> web.Response:
+        rec = self._recording(request)
+        name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in rec.call_id)[:60] or "call"
+        return web.Response(body=ladder.pcap(rec), content_type="application/vnd.tcpdump.pcap",
+                            headers={"Content-Disposition": f'attachment; filename="{name}.pcap"'})
+
+    # --- certificate, renew now
+    async def certificate(self, request: web.Request) -> web.Response:
+        assert self.src is not None and self.src.renewer is not None
+        loop = asyncio.get_running_loop()
+        body = certinfo.certificate_info(self.config)
+        body["archive"] = await loop.run_in_executor(None, certinfo.archive, self.config)
+        body["renewal"] = self.src.renewer.last
+        return web.json_response(body)
+
+    async def renew(self, request: web.Request) -> web.Response:
+        assert self.src is not None and self.src.renewer is not None
+        task = self.src.renewer.start()
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(task), RENEW_WAIT)
+        except asyncio.TimeoutError:
+            return web.json_response(self.src.renewer.last, status=202)
+        return web.json_response(outcome, status=200 if outcome["ok"] else 502)
+
+    # --- GET /config
+    async def config_view(self, request: web.Request) -> web.Response:
+        check = await asyncio.get_running_loop().run_in_executor(None, configview.check, self.config)
+        return web.json_response({"effective": configview.effective(self.config), "check": check})
 
     # --- GET /peers
     async def peers(self, request: web.Request) -> web.Response:
@@ -373,6 +530,11 @@ class Observability:
             self.observers.add(self.hep)
         self.tracer = CallTracer(self.capture.trace_dir, self.capture.trace_format)
         self.observers.add(self.tracer)
+        self.recorder = FlightRecorder()          # the console's call ladders
+        if self.admin.enabled:
+            self.observers.add(self.recorder)
+        self.errors = RecentErrors()
+        self.history: History | None = None
         self.runner: web.AppRunner | None = None
 
     async def start(self, *, proxy: Any, shell: Any, health: Any, config: Any, media: Any = None,
@@ -381,15 +543,22 @@ class Observability:
         self.metrics.attach(proxy=proxy, shell=shell, health=health, media=media,
                             certificate=config.teams.certificate, drops=drops)
         if self.admin.enabled:
+            self.history = History(self.metrics, health, media)
+            self.history.start(asyncio.get_running_loop())
+            logging.getLogger("teamsbc").addHandler(self.errors)
             app = make_admin_app(proxy=proxy, shell=shell, health=health, metrics=self.metrics,
                                  cdr=self.cdr_writer, config=config, token=self.admin.token,
-                                 media=media, tracer=self.tracer)
+                                 media=media, tracer=self.tracer, recorder=self.recorder,
+                                 history=self.history, errors=self.errors)
             self.runner = await start_admin(app, self.admin.listen, token=self.admin.token)
 
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.history is not None:
+            self.history.stop()
+        logging.getLogger("teamsbc").removeHandler(self.errors)
         self.tracer.close()
         if self.hep is not None:
             self.hep.close()

@@ -1,4 +1,4 @@
-"""Command line: `teamsbc run`, `teamsbc check`."""
+"""Command line: `teamsbc run`, `teamsbc check`, `teamsbc status`."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +89,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .console.term import run
+    try:
+        c = _load(args.config)
+    except cfg.ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return 2
+    return run(c, as_json=args.json, watch=args.watch, interval=args.interval)
+
+
+def _interval(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.5 <= v <= 3600:
+        raise argparse.ArgumentTypeError("must be 0.5-3600 seconds")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="teamsbc", description="Microsoft Teams Direct Routing SBC")
     p.add_argument("--version", action="version", version=f"teamsbc {__version__}")
@@ -100,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     ch = sub.add_parser("check", help="validate a config file (exit 0 valid, 2 with the errors)")
     ch.add_argument("-c", "--config", required=True)
     ch.set_defaults(func=cmd_check)
+    st = sub.add_parser("status", help="the running SBC at a glance: certificate, Teams proxies, PBX, "
+                                       "rtpengine, calls, alarms (exit 3 when it is not running)")
+    st.add_argument("-c", "--config", help="YAML config; without it the embedded lab default, like run")
+    st.add_argument("--json", action="store_true", help="the admin API's GET /status answer, for scripts")
+    st.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    st.add_argument("--interval", type=_interval, default=2.0, metavar="SECONDS",
+                    help="seconds between refreshes with --watch (default 2)")
+    st.set_defaults(func=cmd_status)
     from . import demo, doctor, teams_setup
     from .certs.cli import register as register_cert
     register_cert(sub)

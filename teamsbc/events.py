@@ -144,6 +144,10 @@ class Observer:
     def media_stats(self, stats: MediaStats, wall: float) -> None:
         """MediaStats of a deleted call."""
 
+    def media_command(self, call_id: str, command: dict, reply: Any, sent: float, wall: float) -> None:
+        """An rtpengine NG command of a call (`sent`: when it left) and what came back at
+        `wall`: the reply dict, or the exception that ended it (timeout, no rtpengine)."""
+
 
 def _deliver_one(obs: Observer, ev: CallEvent, wall: float) -> None:
     if isinstance(ev, CallStarted):
@@ -165,11 +169,14 @@ class Observers:
     def __init__(self, *observers: Observer):
         self.observers: list[Observer] = list(observers)
         self._wire: list[Callable[..., None]] = [o.sip for o in observers if _looks_at_wire(o)]
+        self._ng: list[Callable[..., None]] = [o.media_command for o in observers if _looks_at_media(o)]
 
     def add(self, obs: Observer) -> None:
         self.observers.append(obs)
         if _looks_at_wire(obs):
             self._wire.append(obs.sip)
+        if _looks_at_media(obs):
+            self._ng.append(obs.media_command)
 
     def deliver(self, event: CallEvent, wall: float) -> None:
         for obs in self.observers:
@@ -188,5 +195,18 @@ class Observers:
                 log.exception("observer %r failed on a SIP message", fn)
 
 
+    def media_command(self, call_id: str, command: dict, reply: Any, sent: float, wall: float) -> None:
+        """Per NG command: only the observers that look at rtpengine commands are called."""
+        for fn in self._ng:
+            try:
+                fn(call_id, command, reply, sent, wall)
+            except Exception:
+                log.exception("observer %r failed on an rtpengine command", fn)
+
+
 def _looks_at_wire(obs: Observer) -> bool:
     return type(obs).sip is not Observer.sip
+
+
+def _looks_at_media(obs: Observer) -> bool:
+    return type(obs).media_command is not Observer.media_command

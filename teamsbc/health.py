@@ -47,6 +47,7 @@ class HealthBook:
         self.peers: dict[str, PeerHealth] = {}
         self.on_change = on_change
         self.teams_options_last: float | None = None  # when Teams last pinged us
+        self.last_sent: dict[str, float] = {}         # peer -> when our last OPTIONS left
         self.started: float | None = None
         self._alarm_raised = False
 
@@ -162,6 +163,7 @@ class Pinger:
         for t in self.targets:
             if t.next_due <= now:
                 t.next_due = now + t.interval
+                self.book.last_sent[t.name] = now
                 out += self.send(t.name, now, self._result_cb(t.name, now))
         if self._alarm_next is not None and now >= self._alarm_next:
             self.book.check_teams_alarm(now, self.alarm_after)  # type: ignore[arg-type]

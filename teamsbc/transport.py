@@ -271,6 +271,7 @@ class Shell:
             self._timer = self.loop.call_at(t, self._on_timer)
 
     async def _run_media(self, call: MediaCall) -> None:
+        sent = time.time()
         try:
             if self.media is None:
                 raise RuntimeError("no rtpengine configured")
@@ -279,7 +280,8 @@ class Shell:
             result = e
             log.warning("rtpengine %s failed: %s call_id=%s", call.command.get("command"), e,
                         call.command.get("call-id"))
-        else:
+        self.observer.media_command(str(call.command.get("call-id")), call.command, result, sent, time.time())
+        if not isinstance(result, Exception):
             if call.command.get("command") == "delete":
                 self.observer.deliver(parse_stats(str(call.command.get("call-id")), result), time.time())
         if call.op is not None:

@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import re
 from datetime import datetime, timezone
 
 from ..timefmt import iso_utc
@@ -22,6 +23,19 @@ def parse_time(text: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
+
+
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9.]+\Z")
+
+
+def csv_cell(value: object) -> str:
+    """A CSV cell a spreadsheet will not run: caller and callee come from SIP headers, and a
+    cell starting with = + - @ is a formula to Excel and LibreOffice (OWASP "CSV Injection").
+    Such a cell gets a leading apostrophe, unless it is a plain number (+4420...)."""
+    text = "" if value is None else str(value)
+    if text[:1] in ("=", "@", "\t", "\r") or (text[:1] in ("+", "-") and not _PLAIN_NUMBER.match(text)):
+        return "'" + text
+    return text
 
 
 def export_rows(rows: list[dict]) -> list[dict]:
@@ -48,7 +62,7 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+            w.writerow({k: csv_cell(r.get(k)) for k in fields})
         return buf.getvalue()
     head = ("setup (UTC)", "direction", "caller", "callee", "status", "answered", "duration",
             "ended by", "call-id")

@@ -24,6 +24,7 @@ import logging
 import threading
 from typing import Any
 
+from .search import check_limit, where
 from .settings import CdrError, PgUrl
 from .store import COLUMNS
 
@@ -214,6 +215,27 @@ class PgStore:
                 self._reader.close()
                 self._reader = None
                 raise
+
+    def search(self, *, since: float | None = None, until: float | None = None,
+               number: str | None = None, result: str | None = None, call_id: str | None = None,
+               limit: int = 1000) -> list[dict]:
+        """cdr.search's terms on PostgreSQL (same WHERE clause, its dialect)."""
+        check_limit(limit)
+        sql_where, args = where(since=since, until=until, number=number, result=result,
+                                call_id=call_id, dialect="postgresql")
+        with self._read_lock:
+            if self._reader is None or self._reader.closed or self._reader.broken:
+                self._reader = connect(self.url)
+                self._reader.autocommit = True
+            try:
+                rows = self._reader.execute(
+                    f"SELECT {', '.join(COLUMNS)} FROM calls{sql_where} "
+                    f"ORDER BY setup_time DESC, id DESC LIMIT {int(limit)}", args).fetchall()
+            except self.errors:
+                self._reader.close()
+                self._reader = None
+                raise
+        return [dict(zip(COLUMNS, r)) for r in reversed(rows)]
 
 
 def query(db, since: float | None = None, until: float | None = None,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..events import MediaStats
+from .search import check_limit, where
 from .settings import CdrError
 
 log = logging.getLogger("teamsbc.cdr")
@@ -203,6 +204,10 @@ class CdrStore:
                 self._reader.execute("PRAGMA busy_timeout=2000")
             return query(self._reader, since, until, limit, newest=newest)
 
+    def search(self, **terms: object) -> list[dict]:
+        """`search` on this database (number, since, until, result, call_id, limit)."""
+        return search(self.path, **terms)  # type: ignore[arg-type]
+
 
 def migrate(db: sqlite3.Connection, migrations: Sequence[tuple[int, list[str]]] = MIGRATIONS) -> int:
     """Bring the database to the newest version in `migrations`; returns that version.
@@ -278,4 +283,19 @@ def media_columns(stats: MediaStats) -> dict | None:
     return out
 
 
-
+def search(path: str | Path, *, since: float | None = None, until: float | None = None,
+           number: str | None = None, result: str | None = None, call_id: str | None = None,
+           limit: int = 1000) -> list[dict]:
+    check_limit(limit)
+    sql_where, args = where(since=since, until=until, number=number, result=result, call_id=call_id)
+    try:
+        db = open_readonly(path)
+    except CdrError:
+        return []       # no database yet: nothing was recorded
+    try:
+        db.execute("PRAGMA busy_timeout=2000")
+        rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM calls{sql_where} "
+                          f"ORDER BY setup_time DESC, id DESC LIMIT {int(limit)}", args).fetchall()
+    finally:
+        db.close()
+    return [dict(zip(COLUMNS, r)) for r in reversed(rows)]

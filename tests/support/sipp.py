@@ -565,6 +565,7 @@ class Sipp:
             "ruri_params": "",
             "from_user": caller,
             "from_host": self.local_ip,
+            "from_name": "",
             "to_user": callee,
             "to_host": remote,
             "contact_uri": f"sip:{user}@{self.local_ip}:{self.local_port};transport={tp}",
