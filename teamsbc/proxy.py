@@ -258,12 +258,11 @@ class Proxy:
         """The caller (or the SBC) gives up the current branch: CANCEL now if it has answered
         provisionally, else on its first provisional (RFC 3261 9.1)."""
         sent_before = relay.state is S.CANCELLING
-        relay.on(E.CANCELLED, now)
-        self.t.schedule(relay)
+        self.t.advance(relay, E.CANCELLED, now)
         ctx = relay.client
         if not sent_before and not relay.done and ctx is not None and ctx.state == "proceeding":
             self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
-            relay.on(E.CANCEL_SENT, now)
+            self.t.advance(relay, E.CANCEL_SENT, now)
 
     def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list,
                      identity: str | None = None) -> None:
@@ -320,8 +319,7 @@ class Proxy:
         ctx = ClientTransaction(req, reliable=target.dest.transport != "udp", now=now)
         relay.client, relay.dest = ctx, target.dest
         self.t.add_client(relay, ctx, target.dest)
-        relay.on(E.BRANCH_SENT, now)
-        self.t.schedule(relay)
+        self.t.advance(relay, E.BRANCH_SENT, now)
         self._client_events(relay, ctx, target.dest, ctx.start(), now, out)
 
     def _prepare_branch(self, req: Request, target: Target, branch: str,
@@ -398,8 +396,7 @@ class Proxy:
         finally:  # even if relaying raised, the transaction table stays true
             if ctx.terminated:
                 self.t.client.pop(ctx.key, None)
-            else:
-                self.t.schedule(ctx)
+            self.t.schedule(ctx)  # a terminated one leaves the heap too
 
     def _on_branch_response(self, relay: Relay, ctx: ClientTransaction, resp: Response,
                             now: float, out: list) -> None:
@@ -412,8 +409,7 @@ class Proxy:
                 log.error("late 2xx from an abandoned branch call_id=%s", relay.call_id)
             return
         if ctx is relay.client and status < 200:
-            relay.on(E.BRANCH_RESPONDED, now)  # no failover on silence any more; Timer C (re)starts
-            self.t.schedule(relay)
+            self.t.advance(relay, E.BRANCH_RESPONDED, now)  # no failover on silence any more; Timer C (re)starts
         if status == 100:
             return
         self._media_then_relay(relay, ctx, resp, now, out)
@@ -437,18 +433,16 @@ class Proxy:
         if status < 200:
             if relay.state is S.CANCEL_PENDING and ctx is relay.client and ctx.state == "proceeding":
                 self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
-                relay.on(E.CANCEL_SENT, now)
-                self.t.schedule(relay)
+                self.t.advance(relay, E.CANCEL_SENT, now)
             if relay.done:
                 return
-            relay.on(E.RELAYED_PROVISIONAL, now)
-            self.t.schedule(relay)
+            self.t.advance(relay, E.RELAYED_PROVISIONAL, now)
             self._upstream(relay, resp, now, out)
             return
         if status < 300:
             first = not relay.done
             self._upstream(relay, resp, now, out)  # every 2xx goes up (RFC 6026)
-            relay.on(E.FINAL_SENT, now)
+            self.t.advance(relay, E.FINAL_SENT, now)
             if first and relay.is_invite and relay.request.to_addr.tag is None:
                 self._event(CallAnswered(relay.call_id), now)
             return
@@ -460,7 +454,7 @@ class Proxy:
             self.stats["failovers"] += 1
             self._next_target(relay, now, out)
             return
-        relay.on(E.FINAL_SENT, now)
+        self.t.advance(relay, E.FINAL_SENT, now)
         self._upstream(relay, resp, now, out)
         self._failed_upstream(relay, resp.status, resp.reason, now)
         self._media_forget(relay, out)
@@ -528,7 +522,7 @@ class Proxy:
     def _final_local(self, relay: Relay, status: int, reason: str, now: float, out: list,
                      headers: list | None = None) -> None:
         """Answer the relayed request ourselves and forget its media."""
-        relay.on(E.FINAL_SENT, now)
+        self.t.advance(relay, E.FINAL_SENT, now)
         self.t.respond(relay.server, self._local_response(
             relay.request, Reply(status, reason, headers or []), relay.src.leg), now, out)
         self._failed_upstream(relay, status, reason, now)
