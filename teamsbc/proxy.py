@@ -212,6 +212,8 @@ class Proxy:
             self.t.server.pop(key, None)
             return
         new_call = req.method == "INVITE" and req.to_addr.tag is None
+        if isinstance(decision, Forward):  # an SDP over a media limit: nothing of it to rtpengine
+            decision = self._sdp_refused(decision.request) or decision
         if isinstance(decision, Reply):
             if new_call and decision.status >= 300 and decision.status != 403:
                 self._call_started(req, src, None, now)  # refused calls have a record too
@@ -283,6 +285,9 @@ class Proxy:
             why = decision.log if isinstance(decision, Drop) else (
                 decision.log or decision.reason if isinstance(decision, Reply) else "no target")
             log.info("ACK from %s:%d not routable: %s call_id=%s", *src.addr, why, ack.call_id)
+            return
+        if self._sdp_refused(decision.request):  # an ACK cannot be answered: the callee will end it
+            log.warning("dropped ACK from %s:%d: SDP over a media limit call_id=%s", *src.addr, ack.call_id)
             return
         step = self.media.for_request(decision.request, decision.targets[0].dest.leg) if self.media else None
         if step is not None and step.wait:
@@ -421,6 +426,11 @@ class Proxy:
             if relay.answering is not None:
                 relay.queue.append((ctx, resp))  # keep the order of responses
                 return
+            refused = self._sdp_refused(resp) if 180 <= resp.status < 300 else None
+            if refused is not None:  # the callee's SDP never reaches rtpengine either
+                log.warning("%d refused, ending the call: %s call_id=%s", resp.status, refused.log, relay.call_id)
+                self._teardown(relay, ctx, resp, now, out, refused)
+                return
             step = self.media.for_response(resp, ctx.request, relay.src.leg)
             if step is not None:
                 relay.answering = self._await_media(MediaOp.ANSWER, (relay, ctx, resp), step, out)
@@ -500,7 +510,8 @@ class Proxy:
             qctx, qresp = relay.queue.pop(0)
             self._media_then_relay(relay, qctx, qresp, now, out)
 
-    def _teardown(self, relay: Relay, ctx: ClientTransaction, resp: Response, now: float, out: list) -> None:
+    def _teardown(self, relay: Relay, ctx: ClientTransaction, resp: Response, now: float, out: list,
+                  answer: Reply | None = None) -> None:
         """The call cannot have media: end it on both legs (never a call without media)."""
         relay.queue.clear()
         if resp.status >= 200:
@@ -508,9 +519,15 @@ class Proxy:
         elif ctx.state == "proceeding" and not relay.done:
             self._cancel_branch(relay, now, out)
         if not relay.done:
-            self._final_local(relay, 503, "Service Unavailable", now, out)
+            answer = answer or Reply(503, "Service Unavailable")
+            self._final_local(relay, answer.status, answer.reason, now, out, answer.headers)
         else:
             self._media_forget(relay, out)
+
+    def _sdp_refused(self, msg: Request | Response) -> Reply | None:
+        """488 (RFC 3261 21.4.26) with a Warning naming the media.max_* limit the SDP exceeds."""
+        why = self.media.sdp_refusal(msg) if self.media is not None else None
+        return None if why is None else Reply(488, "Not Acceptable Here", [("Warning", f'399 sbc "{why}"')], why)
 
     def _media_forget(self, relay: Relay, out: list) -> None:
         if self.media is not None:

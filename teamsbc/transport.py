@@ -276,6 +276,7 @@ class Shell:
                 raise RuntimeError("no rtpengine configured")
             result: Any = await self.media.request(call.command)
         except Exception as e:  # NgError, NgTimeout, NoMediaAvailable...: the core decides
+            e.__traceback__ = None  # kept as a result: no frame <-> traceback cycle per failure
             result = e
             log.warning("rtpengine %s failed: %s call_id=%s", call.command.get("command"), e,
                         call.command.get("call-id"))

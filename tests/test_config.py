@@ -90,6 +90,24 @@ def test_each_error_names_file_key_and_fix(confdir, change, expected):
     assert any(e.startswith(f"{path}: ") and expected in e for e in ei.value.errors), ei.value.errors
 
 
+def test_media_limits_load_and_must_fit_a_udp_ng_reply(confdir):
+    """Issue 12: the SDP limits checked before any NG command; limits that would let an NG
+    reply outgrow one UDP datagram are refused while an instance is reached over UDP."""
+    c = cfg.load(write(confdir, GOOD.replace("rtpengine: []", "rtpengine: [udp:127.0.0.1:22222]")))
+    m = c.media
+    assert (m.max_media_lines, m.max_sdp_size, m.max_sdp_attributes, m.max_sdp_line_length) == (8, 16384, 256, 1024)
+    big = "rtpengine: [{}]\n  max_sdp_size: 60000\n  max_media_lines: 16"
+    path = write(confdir, GOOD.replace("rtpengine: []", big.format("udp:127.0.0.1:22222")))
+    with pytest.raises(cfg.ConfigError) as ei:
+        cfg.load(path)
+    assert any(e.startswith(f"{path}: media.max_sdp_size: ") and "more than one UDP datagram" in e
+               and "http:// or ws://" in e for e in ei.value.errors), ei.value.errors
+    assert cfg.load(write(confdir, GOOD.replace("rtpengine: []", big.format("http://10.0.0.7:8080")))).media.max_sdp_size == 60000
+    path = write(confdir, GOOD.replace("rtpengine: []", "rtpengine: []\n  max_media_lines: 0"))
+    with pytest.raises(cfg.ConfigError, match=r"media\.max_media_lines: must be a whole number between 1 and 64"):
+        cfg.load(path)
+
+
 def test_all_errors_reported_at_once(confdir):
     bad = GOOD.replace("transport: udp", "transport: sctp").replace("fqdn: sbc.example.com", "fqdn: x")
     with pytest.raises(cfg.ConfigError) as ei:

@@ -39,6 +39,24 @@ class MediaAnchor:
 
     def __init__(self, settings: MediaSection):
         self.s = settings
+        self.limits = sdp_policy.SdpLimits(settings.max_media_lines, settings.max_sdp_size,
+                                           settings.max_sdp_attributes, settings.max_sdp_line_length)
+
+    def sdp_refusal(self, msg: Message) -> str | None:
+        """Why the SDP of this message must not reach rtpengine (a media.max_* limit, or a body
+        declared as SDP that is not UTF-8 text), or None. Asked before every command that
+        would carry it, for messages from either leg: one INVITE must not take media down for
+        every call (issue 12)."""
+        if not msg.body:
+            return None
+        ctype = (msg.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if ctype != SDP_TYPE:
+            return None
+        try:
+            sdp = msg.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return "SDP is not UTF-8 text"
+        return sdp_policy.limit_problem(sdp, self.limits)
 
     def _side_kw(self, toward: str) -> dict[str, Any]:
         return {"ice": self.s.teams_ice, "sdes_lifetime": self.s.sdes_lifetime} if toward == "teams" else {}

@@ -47,6 +47,7 @@ an answer rides in a request.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
 
 __all__ = [
@@ -64,6 +65,9 @@ __all__ = [
     "sdp_size",
     "sdp_size_ok",
     "SDP_LIMIT_UDP",
+    "SdpLimits",
+    "limit_problem",
+    "reply_bound",
 ]
 
 Side = Literal["pbx", "teams"]
@@ -284,3 +288,55 @@ def sdp_size_ok(sdp: str | bytes, limit: int = SDP_LIMIT_UDP) -> bool:
     ``500`` with a reason naming the size and the limit, or use TCP toward the PBX.
     """
     return sdp_size(sdp) <= limit
+
+
+# --------------------------------------------------------------------------- limits (issue 12)
+
+# What rtpengine 10.5 adds per m-line toward Teams (a=crypto, ICE candidates, ice-ufrag/pwd,
+# rtcp-mux, a=rtcp): 320-390 bytes measured; a reply is bounded by the SDP plus this per m-line.
+REPLY_GROWTH_PER_MEDIA = 1024
+REPLY_OVERHEAD = 2048            # the reply's other keys, bencode framing, the cookie
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class SdpLimits:
+    """What an SDP may hold before any of it reaches rtpengine (media.max_* in the config).
+
+    rtpengine 10.5 takes any SDP: 300 m-lines abort it (bencode.c: 'str_len <= 99999'), 250
+    make an NG reply too large for a UDP datagram, 2,900 use up its ports. Teams sends one
+    m-line (audio), sometimes video and data; a PBX the same."""
+    max_media_lines: int = 8
+    max_size: int = 16384
+    max_attributes: int = 256
+    max_line_length: int = 1024
+
+
+def limit_problem(sdp: str, limits: SdpLimits) -> str | None:
+    """Which limit this SDP exceeds, naming the configuration key, or None. Also refused:
+    control characters (NUL, lone CR...) in a line: RFC 4566 5 allows none."""
+    size = sdp_size(sdp)
+    if size > limits.max_size:
+        return f"SDP of {size} bytes exceeds media.max_sdp_size ({limits.max_size})"
+    lines = sdp.split("\n")
+    media = attributes = 0
+    for line in lines:
+        if len(line) > limits.max_line_length + 1:   # + the CR of a CRLF line end
+            return (f"SDP line of {len(line.rstrip(chr(13)))} characters exceeds media.max_sdp_line_length "
+                    f"({limits.max_line_length})")
+        if line[:2] == "m=":
+            media += 1
+        elif line[:2] == "a=":
+            attributes += 1
+    if media > limits.max_media_lines:
+        return f"SDP with {media} m-lines exceeds media.max_media_lines ({limits.max_media_lines})"
+    if attributes > limits.max_attributes:
+        return f"SDP with {attributes} attributes exceeds media.max_sdp_attributes ({limits.max_attributes})"
+    if _CONTROL.search(sdp.replace("\r\n", "\n")):
+        return "SDP with a control character (RFC 4566 5)"
+    return None
+
+
+def reply_bound(sdp: str) -> int:
+    """An upper bound of the size of rtpengine's reply to a command carrying this SDP."""
+    return sdp_size(sdp) + REPLY_OVERHEAD + REPLY_GROWTH_PER_MEDIA * max(1, sdp.count("\nm=") + sdp.startswith("m="))
