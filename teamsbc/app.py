@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
 from typing import Callable, NamedTuple
 
 from .admin import Observability
+from .collector import YoungOnly
 from .config import Config
 from .guard import Guard
 from .health import HealthBook, Pinger
@@ -94,17 +94,15 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
     except (NotImplementedError, RuntimeError):
         pass
     log.info("teamsbc ready: sbc %s, certificate %s", config.sbc.fqdn, describe_certificate(t.certificate))
-    # The start-up heap (modules, config, TLS contexts) lives as long as the process: out of
-    # every cyclic collection from here on. Per-call objects hold no reference cycles (they
-    # are freed by reference counting: tests/test_memory.py), so the collector's default
-    # thresholds only ever walk what is in flight; a young generation of 50,000 objects
-    # (issue 12) made single collections of up to 900 ms.
-    gc.collect()
-    gc.freeze()
+    # The collector walks only young objects (collector.py): a young generation of 50,000
+    # objects and per-call reference cycles made single collections of up to 900 ms (issue 12).
+    collector = YoungOnly()
+    collector.start(loop)
     shell.kick()  # first OPTIONS go out now
     if ready:
         ready.set()
     await stop.wait()
+    collector.stop()
     log.info("stopping: draining %d pending requests", proxy.pending_requests)
     try:
         await shell.stop()

@@ -95,6 +95,7 @@ class StreamConn(asyncio.Protocol):
         if self._keepalive is not None:
             self._keepalive.cancel()
         self.shell.conn_lost(self)
+        self.src = None  # Source.conn is this connection: no cycle left for the collector
 
     def flush_early(self) -> None:
         if self._early:
