@@ -181,3 +181,20 @@ def test_sdp_that_is_not_utf8_is_refused(proxy):
     media, sends = split(proxy.receive(_with_sdp(pbx_invite(), SDP + b"a=x:\xff\xfe\r\n"), PBX_SRC, 0.0))
     assert media == [] and kinds(sends) == [488]
     assert "not UTF-8" in sends[0][1].headers.get("warning")
+
+
+def test_the_initial_offer_and_its_answer_label_the_caller_and_the_callee(proxy):
+    """rtpengine keeps the labels and reports them with its statistics (media/stats.py): the
+    CDR's caller/callee figures do not depend on tag order or on who sent the BYE."""
+    media, _ = split(proxy.receive(teams_invite(), TEAMS_SRC, 0.0))
+    assert media[0].command["label"] == "caller"
+    _, sends = split(proxy.media_done(media[0].op, {"result": "ok", "sdp": NEW_SDP}, 0.01))
+    inv = sends[0][1]
+    ok = response_to(inv.to_bytes(), 200, "OK", to_tag="p1", contact="<sip:+15551230000@10.0.0.10:5060>",
+                     rr=inv.headers.get_all("record-route"), body=SDP).replace(
+        b"Content-Length: ", b"Content-Type: application/sdp\r\nContent-Length: ", 1)
+    media, _ = split(proxy.receive(ok, PBX_SRC, 0.1))
+    assert media[0].command["command"] == "answer" and media[0].command["label"] == "callee"
+    reinvite = parse_message(teams_invite("z9hG4bKre").replace(b"user=phone>\r\nCALL-ID", b"user=phone>;tag=p1\r\nCALL-ID"))
+    step = proxy.media.for_request(reinvite, PBX)
+    assert step.command["command"] == "offer" and "label" not in step.command   # labels stay as set

@@ -16,6 +16,9 @@ from ..sip.message import Message, Request, Response
 from . import sdp_policy
 
 SDP_TYPE = "application/sdp"
+# rtpengine labels on the two sides of a call, set by the initial offer and its answer and
+# carried by every statistics reply (media/stats.py): who is who, whatever the tag order.
+CALLER, CALLEE = "caller", "callee"
 
 
 def sdp_of(msg: Message) -> str | None:
@@ -86,7 +89,7 @@ class MediaAnchor:
             return MediaStep(sdp_policy.offer(
                 sdp, call_id, from_tag, toward, to_tag=to_tag, codecs_to_pbx=self.s.pbx_codecs,
                 interfaces=self.s.interfaces if initial else None, initial=initial,
-                **self._offer_kw(toward)), wait=True)
+                label=CALLER if initial else None, **self._offer_kw(toward)), wait=True)
         if req.method == "ACK" and t is not None:
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=True, is_offer=False)
             return MediaStep(sdp_policy.answer(sdp, call_id, from_tag, to_tag or "", toward,
@@ -104,8 +107,10 @@ class MediaAnchor:
             return None  # a 18x/2xx without To tag is malformed: rtpengine would pick wrong ports
         if sdp_of(request) is not None:
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=False)
+            initial = request.method == "INVITE" and request.to_addr.tag is None
             return MediaStep(sdp_policy.answer(sdp, request.call_id, from_tag, to_tag or "", toward,
-                                          **self._side_kw(toward)), wait=True)
+                                               label=CALLEE if initial else None,
+                                               **self._side_kw(toward)), wait=True)
         # the 200 of an offerless re-INVITE carries the offer (tags swap: the callee offers)
         from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=True)
         return MediaStep(sdp_policy.offer(sdp, request.call_id, from_tag, toward, to_tag=to_tag,

@@ -155,6 +155,7 @@ def offer(
     ice: IceMode = "lite",
     sdes_lifetime: bool = False,
     hold_inactive: bool = True,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """The ``offer`` command for an SDP offer travelling ``toward`` "pbx" or "teams".
 
@@ -168,9 +169,13 @@ def offer(
     ICE-lite agent) or "remove" (no ICE toward Teams). ``sdes_lifetime``: send ``|2^31``.
     ``hold_inactive``: toward Teams, a PBX's ``a=sendonly`` hold becomes ``a=inactive``, the only
     hold Teams knows (reference section 8; rtpengine already replaces ``c=0.0.0.0``).
+    ``label``: names the offerer's side in rtpengine ("caller" on the initial offer), which its
+    statistics then carry (media/stats.py).
     """
     _check(toward, ice)
     cmd = _base("offer", sdp, call_id, from_tag, to_tag)
+    if label:
+        cmd["label"] = label
     flags = list(_COMMON_FLAGS)
     cmd["replace"] = list(_REPLACE)
     if toward == "pbx":
@@ -205,16 +210,20 @@ def answer(
     *,
     ice: IceMode = "lite",
     sdes_lifetime: bool = False,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """The ``answer`` command for an SDP answer travelling ``toward`` the original offerer.
 
     No codec policy here: the answerer picked from what the offer allowed, and stripping again
-    could remove the codec it picked.
+    could remove the codec it picked. ``label`` names the answerer's side (rtpengine 10.5 puts
+    the label of an answer on the to-tag's side): "callee" on the answer to the initial offer.
     """
     _check(toward, ice)
     if not to_tag:
         raise ValueError("an answer needs the to-tag of the answering side")
     cmd = _base("answer", sdp, call_id, from_tag, to_tag)
+    if label:
+        cmd["label"] = label
     cmd["replace"] = list(_REPLACE)
     cmd.update(_side_options(toward, ice=ice, sdes_lifetime=sdes_lifetime))
     if toward == "pbx":
