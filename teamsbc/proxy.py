@@ -19,13 +19,13 @@ from typing import Any, Callable
 from .decisions import (PBX, TEAMS, Destination, Drop, Forward, Gate, Leg, MediaCall, MediaPlanner,
                         MediaStep, Reply, RoutingPolicy, Send, Source, Target)
 from .events import CallAnswered, CallEnded, CallEvent, CallFailed, CallStarted, Counters
-from .hops import forwardable, is_my_via, loop_hash, stamp_via
+from .hops import forwardable, loop_hash, stamp_via, stray_2xx
 from .relay import Event as E
 from .relay import Relay
 from .relay import State as S
 from .sip.build import branch as make_branch
 from .sip.build import bare_error_response, build_cancel, new_request
-from .sip.errors import LocalProtocolError, ParseError, ProtocolError
+from .sip.errors import LocalProtocolError, MessageTooLarge, ParseError, ProtocolError
 from .sip.message import Request, Response, make_response, parse_message, retry_after
 from .sip.transaction import (T1, ClientTransaction, Deliver, TimedOut, Transmit, TransportFailed,
                               client_key, server_key)
@@ -308,7 +308,11 @@ class Proxy:
         incoming_branch = ack.top_via.branch or ""
         branch = make_branch(hashlib.blake2s((incoming_branch + self._secret).encode(),
                                              digest_size=8).hexdigest())
-        self._prepare_branch(req, target, branch, None, decision.identity)
+        try:
+            self._prepare_branch(req, target, branch, None, decision.identity)
+        except MessageTooLarge as e:
+            log.warning("dropped ACK: %s call_id=%s", e.detail, ack.call_id)
+            return
         out.append(Send(req.to_bytes(), target.dest))
 
     # ---------------------------------------------------------------- branches
@@ -320,7 +324,12 @@ class Proxy:
         target = d.targets[relay.index]
         req = Request(d.request.method, d.request.uri, d.request.headers.copy(), d.request.body)
         branch = make_branch(f"{relay.loop}.{self.entropy(5).hex()}")
-        self._prepare_branch(req, target, branch, d.record_route, d.identity)
+        try:
+            self._prepare_branch(req, target, branch, d.record_route, d.identity)
+        except MessageTooLarge as e:  # RFC 3261 18.1.1: never a datagram the network fragments
+            log.warning("refused %s: %s call_id=%s", req.method, e.detail, relay.call_id)
+            self._final_local(relay, e.status, e.reason, now, out, [("Warning", f'399 sbc "{e.detail}"')])
+            return
         ctx = ClientTransaction(req, reliable=target.dest.transport != "udp", now=now)
         relay.client, relay.dest = ctx, target.dest
         self.t.add_client(relay, ctx, target.dest)
@@ -579,45 +588,34 @@ class Proxy:
                 raise ParseError("Response without the sender's Via")
             parse_via(sender_via)
         except ParseError as e:
-            log.warning("cannot relay %d %s: %s call_id=%s", resp.status, resp.reason, e.reason, relay.call_id)
+            detail = e.detail if isinstance(e, MessageTooLarge) else e.reason
+            log.warning("cannot relay %d %s: %s call_id=%s", resp.status, resp.reason, detail, relay.call_id)
             if resp.status < 200:
                 return
             if resp.status < 300 and relay.client is not None:
                 self._end_answered_branch(relay, relay.client, resp, now, out)
-            up = self._local_response(relay.request, Reply(502, "Bad Gateway"), relay.src.leg)
+            up = self._local_response(relay.request, Reply(502, "Bad Gateway", [("Warning", f'399 sbc "{detail}"')]),
+                                      relay.src.leg)
         self.t.respond(relay.server, up, now, out)
 
     # ---------------------------------------------------------------- responses
     def _on_response(self, resp: Response, src: Source, now: float, out: list) -> None:
         entry = self.t.client.get(client_key(resp))
         if entry is None:
-            self._stray_response(resp, src, out)
+            out.extend(stray_2xx(resp, src, self.policy, self.legs.values()))
             return
         owner, ctx, dest = entry
         self._client_events(owner, ctx, dest, ctx.receive_response(resp, now), now, out)
-
-    def _stray_response(self, resp: Response, src: Source, out: list) -> None:
-        """A 2xx to INVITE whose transaction is gone (restart, late retransmission) is still
-        forwarded along its Via (RFC 3261 16.7 step 10 / 18.2.2); anything else is dropped."""
-        if not (200 <= resp.status < 300 and resp.cseq.method == "INVITE"):
-            return
-        vias = resp.headers.get_all("via")
-        if len(vias) < 2 or not is_my_via(vias[0], self.legs.values()):
-            return
-        up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
-        up.headers.pop_first("via")
-        dest = self.policy.stray_destination(up, src)
-        if dest is None:
-            return
-        self.policy.egress(up, dest.leg, None)
-        out.append(Send(up.to_bytes(), dest))
 
     # ---------------------------------------------------------------- local answers
     def _local_response(self, req: Request, reply: Reply, leg: str) -> Response:
         resp = make_response(req, reply.status, reply.reason, self._tag(req))
         for name, value in reply.headers:
             resp.headers.add(name.lower(), value)
-        self.policy.egress(resp, leg, None)
+        try:
+            self.policy.egress(resp, leg, None)
+        except MessageTooLarge:
+            pass  # our own answer echoes the sender's Vias (8.2.6.2): as large as what it sent
         return resp
 
     def _tag(self, req: Request) -> str:
