@@ -15,6 +15,9 @@ import re
 from .trunk_settings import DigestCredentials
 
 NONCE_LIFETIME = 300.0  # seconds a nonce is accepted
+# New requests that never carry credentials: ACK and CANCEL share their INVITE's fate (RFC 3261
+# 22.1), OPTIONS is the keep-alive answered here. Everything else from the PBX authenticates.
+AUTH_EXEMPT = frozenset({"ACK", "CANCEL", "OPTIONS"})
 
 _PARAM_RE = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]+)\s*,?')
 

@@ -21,7 +21,7 @@ from .config import Config
 from .trunk_settings import TenantSection
 from .decisions import (PBX, TEAMS, Destination, DialogHop, Drop, Forward, Leg, Reply, Source,
                         Target)
-from .digest import DigestAuth
+from .digest import AUTH_EXEMPT, DigestAuth
 from .health import HealthBook
 from .sip.build import branch, new_request
 from .sip.errors import MessageTooLarge, ParseError
@@ -69,7 +69,7 @@ class Router:
         if src.leg == PBX and src.addr[0] not in self.pbx_hosts:
             return Reply(403, "Forbidden", log=f"{src.addr[0]} is not a configured PBX")
         if src.leg == PBX and self.auth is not None and req.to_addr.tag is None \
-                and req.method not in ("ACK", "CANCEL", "OPTIONS"):
+                and req.method not in AUTH_EXEMPT:
             refusal = self.authenticate(req, now)
             if refusal is not None:
                 return refusal

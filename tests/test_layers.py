@@ -20,7 +20,7 @@ FLOORS: dict[int, set[str]] = {
         "media.stats", "media.bencode"},
     4: {"relay", "tables", "hops", "proxy"},
     5: {"transport", "certwatch", "collector", "media.ng", "media.pool", "cdr.store", "cdr.writer", "cdr.export", "capture.hep",
-        "capture.traces", "metrics", "admin", "lab", "certs.acme_client", "certs.challenges",
+        "capture.traces", "capture.mask", "metrics", "admin", "lab", "certs.acme_client", "certs.challenges",
         "certs.gate", "certs.store", "certs.policy", "certs.manager"},
     6: {"app", "cli", "__main__", "demo", "doctor", "teams_setup", "certs.cli", "certs.__main__",
         "cdr.cli", "cdr.__main__", "preflight"},
