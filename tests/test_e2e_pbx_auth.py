@@ -57,6 +57,13 @@ async def test_pbx_authenticates_registers_and_credentials_stay_here(tmp_path, p
     sbc_addr = ("127.0.0.1", sbc.pbx_listen_port)
     helper = DigestAuth(DigestCredentials(**CREDS))
     try:
+        # a trace of the call: the credentials must not be in it (issue 12)
+        import json as _json
+        import urllib.request
+        admin = sbc.config["admin"]["listen"]
+        req = urllib.request.Request(f"http://{admin}/trace", method="POST",
+                                     data=_json.dumps({"call_id": "auth-INVITE@127.0.0.1"}).encode())
+        await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=5).read())
         ruri = f"sip:02071234567@127.0.0.1:{sbc.pbx_listen_port}"
         tr.sendto(request("INVITE", ruri, pbx_port, 1, body=SDP), sbc_addr)
         start, h = await pbx.expect(lambda s, h: s.startswith("SIP/2.0 407"))
@@ -70,6 +77,10 @@ async def test_pbx_authenticates_registers_and_credentials_stay_here(tmp_path, p
         inv = await peer.wait_for(lambda r: r.msg.is_request and r.msg.method == "INVITE", 5)
         assert inv.msg.header("proxy-authorization") is None  # never relayed to Teams
         assert "PBX authentication failed: wrong password" in sbc.log()
+        secret = good.split('response="')[1].split('"')[0]
+        traces = [f.read_bytes() for f in (sbc.dir / "traces").iterdir()]
+        assert len(traces) == 2 and all(secret.encode() not in t for t in traces)
+        assert all(t.count(b'response="***"') == 2 for t in traces)  # the wrong and the good one
         # a PBX that registers to its trunk
         reg_uri = f"sip:127.0.0.1:{sbc.pbx_listen_port}"
         tr.sendto(request("REGISTER", reg_uri, pbx_port, 1, "Expires: 600\r\n"), sbc_addr)
