@@ -67,6 +67,10 @@ class SecuritySection:
     max_line_length: int = 8_192
     max_sources: int = 50_000             # per-source entries kept (buckets, failures, bans)
     report_interval: float = 60.0         # counters logged this often when they changed; 0 = never
+    header_timeout: float = 10.0          # a message must be complete this long after its first byte,
+                                          # and a connection we accepted must bring its first one
+    idle_timeout: float = 120.0           # an accepted connection with no message and no transaction
+                                          # this long is closed (Teams drops idle ones at 2 min too)
     topology_hiding: bool = False
 
 
@@ -77,6 +81,7 @@ _SECURITY_KEYS = {"teams_ranges", "unknown_source", "scanner_user_agents", "stra
                   "teams_max_connections", "ban_after", "ban_window", "ban_time", "ban_auth_after", "max_calls",
                   "max_calls_per_tenant", "retry_after", "call_idle_timeout", "max_message_size",
                   "max_headers", "max_line_length", "max_sources", "report_interval",
+                  "header_timeout", "idle_timeout",
                   "topology_hiding"}
 
 
@@ -142,5 +147,7 @@ def parse_security(r: SettingsReader, data: dict, cloud: str) -> SecuritySection
         max_line_length=whole("max_line_length", 256, g.MAX_LINE_LENGTH),
         max_sources=whole("max_sources", 100, 10_000_000),
         report_interval=num("report_interval", 0, 86400),
+        header_timeout=num("header_timeout", 1, 300),
+        idle_timeout=num("idle_timeout", 10, 86400),
         topology_hiding=r.bool_(s, "security", "topology_hiding", False),
     )

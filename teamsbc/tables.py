@@ -114,6 +114,10 @@ class Tables:
         sv = self.server.get(key)
         return sv.relay if sv is not None else None
 
+    def serves(self, conn: Any) -> bool:
+        """A server transaction in progress answers on this connection (the shell's idle rule)."""
+        return any(sv.src.conn is conn for sv in self.server.values())
+
     def relays(self) -> Iterator[Any]:
         return (sv.relay for sv in self.server.values() if sv.relay is not None)
 
