@@ -18,7 +18,7 @@ Endpoints (every one needs `Authorization: Bearer TOKEN` when a token is configu
     POST /trace         {"call_id": "..."} or {"number": "+4420", "calls": 1, "seconds": 3600}
     DELETE /trace/{id}
 
-Config (proposed): `admin: {enabled: true, listen: 127.0.0.1:8080, token: null,
+Config (proposed): `admin: {enabled: true, listen: 127.0.0.1:7061, token: null,
 token_file: null}`. A listener that is not loopback without a token is refused
 (`AdminConfigError`): the API can reload certificates and write SIP traces.
 

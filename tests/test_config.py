@@ -149,3 +149,38 @@ def test_cli_run_with_unusable_certificate_exits_2(confdir):
     r = run_cli("run", "-c", str(write(confdir, GOOD)))
     assert r.returncode == 2, r.stderr
     assert "TLS setup failed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_admin_api_default_listener_is_loopback_7061(confdir):
+    """Issue 12: 127.0.0.1:8080 collided with whatever else a host runs there (a busy 8080
+    stopped the SBC from starting); 7061 is registered to nothing."""
+    from teamsbc.admin_settings import DEFAULT_LISTEN
+    from teamsbc.doctor.teams_ping import DEFAULT_ADMIN
+    assert cfg.load(write(confdir, GOOD)).admin.listen == HostPort("127.0.0.1", 7061)
+    assert DEFAULT_LISTEN == ("127.0.0.1", 7061) and DEFAULT_ADMIN == "127.0.0.1:7061"
+
+
+@pytest.mark.e2e
+def test_a_busy_admin_port_stops_the_sbc_with_a_clear_error(tmp_path, procs, test_pki):
+    import socket
+    import re
+    from tests.support.ports import free_port
+    from tests.support.procs import ProcessExited
+    from tests.support.sbc import SbcProcess
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    sbc = SbcProcess(tmp_path, procs, test_pki, pbx_port=free_port("udp"),
+                     extra={"admin": {"listen": f"127.0.0.1:{port}"}})
+    try:
+        try:
+            sbc.start(timeout=10)           # its SIP listeners may be up for a moment before it exits
+        except ProcessExited:
+            pass
+        assert sbc.process.wait(timeout=10) == 1
+        assert re.search(rf"cannot start: admin API cannot listen on 127\.0\.0\.1:{port}: .*address already in use",
+                         sbc.log(), re.I), sbc.log()
+        assert "Traceback" not in sbc.log()
+    finally:
+        busy.close()
