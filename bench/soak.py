@@ -50,6 +50,7 @@ def main() -> int:
                     help="start,snapshot A,snapshot B in seconds (default 4, 5 and 25 minutes)")
     ap.add_argument("--cycles-at", type=float, default=600.0,
                     help="seconds: one full collection with DEBUG_SAVEALL (what is in cycles)")
+    ap.add_argument("--census", default="300,1500", help="seconds: objects by type (default 5 and 25 min)")
     ap.add_argument("--stem", help="results file name (default <date>-soak)")
     ap.add_argument("--out", default=str(BENCH / "results"))
     ap.add_argument("--scratch", default=str(BENCH / "scratch"))
@@ -67,7 +68,7 @@ def main() -> int:
     os.environ["PYTHONPATH"] = src + os.pathsep + os.environ.get("PYTHONPATH", "")
     start_tm, tm_a, tm_b = (float(x) for x in args.tracemalloc.split(","))
     os.environ.update(SOAK_TM_START=str(start_tm), SOAK_TM_A=str(tm_a), SOAK_TM_B=str(tm_b),
-                      SOAK_CYCLES=str(args.cycles_at))
+                      SOAK_CYCLES=str(args.cycles_at), SOAK_CENSUS=args.census)
 
     import lab
     lab.TEAMSBC_SRC = Path(src)
@@ -196,7 +197,8 @@ def summarise_probe(p: dict) -> dict:
     outside = [r for r in pauses if not (t_on <= r[0] <= t_off)]
     return {"all": stats(pauses), "by_generation": by_gen, "without_tracemalloc": stats(outside),
             "worst": sorted(pauses, key=lambda r: -r[2])[:10], "minutes": p.get("minutes", []),
-            "tracemalloc": tm, "cycles": p.get("cycles", {}), "gc_threshold": p.get("gc_threshold"),
+            "tracemalloc": tm, "cycles": p.get("cycles", {}), "censuses": p.get("censuses", []),
+            "gc_threshold": p.get("gc_threshold"),
             "gc_frozen": p.get("gc_frozen")}
 
 
@@ -251,6 +253,19 @@ def render(d: dict) -> str:
         L += [f"Objects in reference cycles, one full collection with DEBUG_SAVEALL at minute "
               f"{cyc['at'] / 60:.1f} (not counted above; it took {cyc['ms']} ms): {cyc['objects_in_cycles']} "
               f"({', '.join(f'{k} {v}' for k, v in cyc['types'][:10]) or 'none'}).", ""]
+    cens = pr.get("censuses") or []
+    if cens:
+        L += ["## What holds the memory: every object the collector knows, by type", "",
+              "(frozen ones included; each census stalled the SBC " + ", ".join(f"{c['ms']} ms" for c in cens) + ")", "",
+              "| type | " + " | ".join(f"minute {c['t'] / 60:.0f}" for c in cens) + " |",
+              "|---|" + "---|" * len(cens)]
+        names = [n for n, _ in cens[0]["types"][:20]]
+        for n in names:
+            L.append(f"| {n} | " + " | ".join(str(dict(c["types"]).get(n, "")) for c in cens) + " |")
+        L.append("| **all objects** | " + " | ".join(str(c["objects"]) for c in cens) + " |")
+        L.append("| allocated blocks | " + " | ".join(str(c["blocks"]) for c in cens) + " |")
+        L.append("| RSS MiB | " + " | ".join(f"{c['rss_kib'] / 1024:.1f}" for c in cens) + " |")
+        L.append("")
     L += ["## Memory, every minute", "", "| minute | RSS MiB (probe) | RSS MiB (outside) | CPU s | load |",
           "|---|---|---|---|---|"]
     outside = {int(round(s["t"] / 60)): s for s in d["rss_outside"]}

@@ -10,7 +10,9 @@
   SOAK_TM_A and SOAK_TM_B (default 300 and 1500 = 5 and 25 minutes) dumped to OUT.json.a.snapshot
   and .b.snapshot (bench/soak.py compares them after the run), stopped after the second;
 - once, at SOAK_CYCLES seconds (default 600): one full collection with gc.DEBUG_SAVEALL, the
-  types of the objects that were in reference cycles (what only the cyclic collector frees).
+  types of the objects that were in reference cycles (what only the cyclic collector frees);
+- at SOAK_CENSUS seconds (default 300,1500): every object the collector knows (frozen ones
+  too) counted by type, with RSS and sys.getallocatedblocks(): what holds the memory.
 
 The teamsbc code, its GC settings included, runs as `python -m teamsbc` would run it. Everything
 is written to OUT.json at every minute and when the process exits (SIGTERM: graceful stop).
@@ -36,6 +38,24 @@ pauses: list[tuple[float, int, float, int, bool]] = []   # (t, generation, ms, c
 minutes: list[dict] = []
 tm: dict = {}
 cycles: dict = {}
+censuses: list[dict] = []
+
+
+def _census(t: float) -> dict:
+    """Every object the collector knows of, frozen ones included (teamsbc.collector freezes
+    what survives a second), by type: what holds the memory, without tracemalloc's cost."""
+    t1 = time.perf_counter()
+    gc.disable()
+    try:
+        frozen = gc.get_freeze_count()
+        gc.unfreeze()
+        kinds = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        gc.freeze()
+    finally:
+        gc.enable()
+    return {"t": round(t, 1), "rss_kib": _rss_kib(), "objects": sum(kinds.values()), "frozen": frozen,
+            "blocks": sys.getallocatedblocks(), "types": kinds.most_common(30),
+            "ms": round((time.perf_counter() - t1) * 1e3, 1)}
 
 
 def _rss_kib() -> int:
@@ -59,7 +79,7 @@ def _gc_cb(phase: str, info: dict) -> None:
 
 
 def _dump(path: str) -> None:
-    data = {"pauses": pauses, "minutes": minutes, "tracemalloc": tm, "cycles": cycles,
+    data = {"pauses": pauses, "minutes": minutes, "tracemalloc": tm, "cycles": cycles, "censuses": censuses,
             "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()}
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
@@ -72,6 +92,7 @@ def _sampler(path: str) -> None:
     tm_a = float(os.environ.get("SOAK_TM_A", 300))
     tm_b = float(os.environ.get("SOAK_TM_B", 1500))
     cycles_at = float(os.environ.get("SOAK_CYCLES", 600))
+    census_at = [float(x) for x in os.environ.get("SOAK_CENSUS", "300,1500").split(",") if x]
     snap_a = None
     next_minute = 60.0
     while True:
@@ -96,13 +117,10 @@ def _sampler(path: str) -> None:
             tm["b_traced_kib"] = round(tracemalloc.get_traced_memory()[0] / 1024, 1)
             tracemalloc.stop()
             tm["stopped"] = round(time.monotonic() - T0, 1)
+        if census_at and t >= census_at[0]:
+            census_at.pop(0)
+            censuses.append(_census(t))
         if t >= cycles_at and not cycles:
-            t1 = time.perf_counter()
-            census = {g: collections.Counter(type(o).__name__ for o in gc.get_objects(g)) for g in (0, 1, 2)}
-            cycles["census"] = {g: {"objects": sum(c.values()), "types": c.most_common(25)}
-                                for g, c in census.items()}
-            cycles["census_ms"] = round((time.perf_counter() - t1) * 1e3, 1)
-            census = None
             t1 = time.perf_counter()
             gc.set_debug(gc.DEBUG_SAVEALL)
             _forced[0] = True
