@@ -41,16 +41,19 @@ class TeamsIdentityError(Exception):
 
 
 class SourceLog:
-    """At most one line per source address per `period` seconds: the first event of a period is
-    logged with its reason, the others counted and reported with the source's next line or
-    when the period is over (issue 12: 498 WARNING lines in 20 s from a handshake flood)."""
+    """At most one line per source address and reason per `period` seconds: the first event of
+    a period is logged in full, the others counted and reported with the next line or when the
+    period is over (issue 12: 498 WARNING lines in 20 s from a handshake flood). A flood repeats
+    one reason; a peer that fails for two different reasons (a wrong certificate, then a wrong
+    CA) gets both said."""
 
     def __init__(self, level: int, period: float = 60.0, max_sources: int = 4096):
         self.level, self.period, self.max_sources = level, period, max_sources
-        self._seen: dict[str, list] = {}   # ip -> [period start, suppressed, last text]
+        self._seen: dict[tuple[str, str], list] = {}   # (ip, reason) -> [period start, suppressed, last text]
 
-    def note(self, ip: str, now: float, text: str) -> None:
-        e = self._seen.get(ip)
+    def note(self, ip: str, reason: str, now: float, text: str) -> None:
+        key = (ip, reason)
+        e = self._seen.get(key)
         if e is not None and now - e[0] < self.period:
             e[1] += 1
             e[2] = text
@@ -60,13 +63,13 @@ class SourceLog:
         elif len(self._seen) >= self.max_sources:
             self.flush(now, everything=True)
         log.log(self.level, "%s", text)
-        self._seen[ip] = [now, 0, text]
+        self._seen[key] = [now, 0, text]
 
     def flush(self, now: float, everything: bool = False) -> None:
-        for ip, e in list(self._seen.items()):
+        for key, e in list(self._seen.items()):
             if everything or now - e[0] >= self.period:
-                self._summary(ip, e)
-                del self._seen[ip]
+                self._summary(key[0], e)
+                del self._seen[key]
 
     def _summary(self, ip: str, e: list) -> None:
         if e[1]:
@@ -370,7 +373,8 @@ class Shell:
         except (OSError, asyncio.TimeoutError, ConnectionError) as e:
             self.stats["tls_failures"] += 1
             now = self.loop.time()
-            self._refusals.note(peer[0], now, f"TLS handshake from {peer[0]}:{peer[1]} refused: {_describe(e)}")
+            why = _describe(e)
+            self._refusals.note(peer[0], why, now, f"TLS handshake from {peer[0]}:{peer[1]} refused: {why}")
             self.door.handshake_failed(peer, now)
             raw.close()
             return
@@ -381,7 +385,7 @@ class Shell:
         if problem:
             self.stats["tls_failures"] += 1
             now = self.loop.time()
-            self._refusals.note(peer[0], now, f"TLS peer {peer[0]}:{peer[1]} refused: {problem}")
+            self._refusals.note(peer[0], problem, now, f"TLS peer {peer[0]}:{peer[1]} refused: {problem}")
             self.door.handshake_failed(peer, now)
             tls.abort()
             return
@@ -419,8 +423,8 @@ class Shell:
             if why:
                 self.stats["conns_timed_out"] += 1
                 ip, port = conn.src.addr  # type: ignore[union-attr]
-                self._timeouts.note(ip, now, f"closing {conn.proto} connection from {ip}:{port} on the "
-                                             f"{conn.leg} leg: {why}")
+                self._timeouts.note(ip, why, now, f"closing {conn.proto} connection from {ip}:{port} on the "
+                                                  f"{conn.leg} leg: {why}")
                 conn.close()
         self._refusals.flush(now)
         self._timeouts.flush(now)
