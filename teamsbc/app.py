@@ -96,7 +96,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
     log.info("teamsbc ready: sbc %s, certificate %s", config.sbc.fqdn, describe_certificate(t.certificate))
     # The collector walks only young objects (collector.py): a young generation of 50,000
     # objects and per-call reference cycles made single collections of up to 900 ms (issue 12).
-    collector = YoungOnly()
+    collector = YoungOnly(busy=lambda: proxy.active_transactions > 0 or guard.calls.count() > 0)
     collector.start(loop)
     shell.kick()  # first OPTIONS go out now
     if ready:

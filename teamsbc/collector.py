@@ -14,11 +14,13 @@ What this does, on the loop, every `interval` seconds:
 2. gc.freeze() what survived: the collector never walks it again; reference counting still
    frees each object when its call is over (freezing moves objects to a list, it keeps no
    reference to them).
-A collection thus walks at most one interval of allocations (a few ms). What could escape is a
-cycle among objects older than one interval; if such garbage piled up, the frozen set would
-grow: when it reaches `grow` times its size after the last full walk, everything is unfrozen
-and walked once (logged with its duration). Flat at a steady load; it happens while the load
-climbs to a new high.
+A collection thus walks at most one interval of allocations (a few ms). What escapes is a
+cycle among objects older than one interval: asyncio leaves ~7 objects in cycles behind each
+closed connection (transport, socket...). Such garbage makes the frozen set grow, so the
+frozen set is walked in full (unfrozen, collected, frozen again; one log line) when it has
+grown by `idle_grow` (25%, CPython's own rule for full collections) since the last walk and
+the SBC is idle (no transaction, no call: the pause hurts nobody), or, under load that never
+stops, when it has grown `grow` (4) times.
 """
 from __future__ import annotations
 
@@ -26,16 +28,19 @@ import asyncio
 import gc
 import logging
 import time
+from typing import Callable
 
 log = logging.getLogger("teamsbc.collector")
 
 INTERVAL = 1.0
 GROW = 4.0
+IDLE_GROW = 1.25
 
 
 class YoungOnly:
-    def __init__(self, interval: float = INTERVAL, grow: float = GROW):
-        self.interval, self.grow = interval, grow
+    def __init__(self, interval: float = INTERVAL, grow: float = GROW, idle_grow: float = IDLE_GROW,
+                 busy: Callable[[], bool] | None = None):
+        self.interval, self.grow, self.idle_grow, self.busy = interval, grow, idle_grow, busy
         self.base = 0
         self.sweeps = 0
         self._handle: asyncio.TimerHandle | None = None
@@ -59,7 +64,8 @@ class YoungOnly:
         gc.collect(1)
         gc.freeze()
         frozen = gc.get_freeze_count()
-        if frozen > self.grow * self.base:
+        if frozen > self.grow * self.base or (
+                frozen > self.idle_grow * self.base and self.busy is not None and not self.busy()):
             self.sweep(frozen)
         if self._loop is not None:
             self._handle = self._loop.call_later(self.interval, self.tick)

@@ -207,5 +207,16 @@ def test_the_collector_walks_only_young_objects_and_still_frees_everything():
         assert policy.sweeps == 1
         gc.unfreeze()
         assert not [o for o in gc.get_objects() if isinstance(o, Node)]
+        # under load the 25% rule waits for an idle moment
+        busy = [True]
+        policy = YoungOnly(grow=1e9, idle_grow=1.0, busy=lambda: busy[0])
+        policy.start(Loop())
+        kept = [Node() for _ in range(100)]
+        policy.tick()
+        assert policy.sweeps == 0
+        busy[0] = False
+        kept.append(Node())
+        policy.tick()
+        assert policy.sweeps == 1
     finally:
         gc.unfreeze()
