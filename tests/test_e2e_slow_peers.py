@@ -22,7 +22,6 @@ import uuid
 
 import pytest
 
-from teamsbc.transport import SourceLog
 from tests.support.pki import TEAMS_NAMES
 from tests.support.ports import free_port
 from tests.support.sbc import SbcProcess
@@ -31,6 +30,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_source_log_one_line_per_source_per_period(caplog):
+    from teamsbc.transport import SourceLog
     caplog.set_level(logging.INFO, logger="teamsbc.transport")
     s = SourceLog(logging.WARNING, period=60.0)
     for i in range(100):
