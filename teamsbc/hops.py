@@ -1,13 +1,14 @@
 """What a proxy checks and stamps about hops, before any routing (RFC 3261 16.3, 16.6, 18.2.1,
-RFC 3581). Pure functions; the proxy passes its legs and its secret."""
+RFC 3581), and the 2xx it forwards statelessly (16.7 step 10). Pure functions; the proxy passes
+its legs, its secret and its routing policy."""
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
 
-from .decisions import Leg
+from .decisions import Leg, RoutingPolicy, Send, Source
 from .sip.errors import ParseError
-from .sip.message import Request
+from .sip.message import Request, Response
 from .sip.uri import parse_via
 
 
@@ -59,3 +60,20 @@ def forwardable(req: Request, loop: str, legs: Iterable[Leg]) -> tuple[int, str]
         if loop in v and is_my_via(v, legs):
             return 482, "Loop Detected"
     return None
+
+
+def stray_2xx(resp: Response, src: Source, policy: RoutingPolicy, legs: Iterable[Leg]) -> list[Send]:
+    """A 2xx to INVITE whose transaction is gone (restart, late retransmission) is still
+    forwarded along its Via (RFC 3261 16.7 step 10 / 18.2.2); anything else is dropped."""
+    if not (200 <= resp.status < 300 and resp.cseq.method == "INVITE"):
+        return []
+    vias = resp.headers.get_all("via")
+    if len(vias) < 2 or not is_my_via(vias[0], legs):
+        return []
+    up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
+    up.headers.pop_first("via")
+    dest = policy.stray_destination(up, src)
+    if dest is None:
+        return []
+    policy.egress(up, dest.leg, None)
+    return [Send(up.to_bytes(), dest)]

@@ -40,6 +40,42 @@ class TeamsIdentityError(Exception):
     """The peer's certificate verified but does not carry a Teams name."""
 
 
+class SourceLog:
+    """At most one line per source address and reason per `period` seconds: the first event of
+    a period is logged in full, the others counted and reported with the next line or when the
+    period is over (issue 12: 498 WARNING lines in 20 s from a handshake flood). A flood repeats
+    one reason; a peer that fails for two different reasons (a wrong certificate, then a wrong
+    CA) gets both said."""
+
+    def __init__(self, level: int, period: float = 60.0, max_sources: int = 4096):
+        self.level, self.period, self.max_sources = level, period, max_sources
+        self._seen: dict[tuple[str, str], list] = {}   # (ip, reason) -> [period start, suppressed, last text]
+
+    def note(self, ip: str, reason: str, now: float, text: str) -> None:
+        key = (ip, reason)
+        e = self._seen.get(key)
+        if e is not None and now - e[0] < self.period:
+            e[1] += 1
+            e[2] = text
+            return
+        if e is not None:
+            self._summary(ip, e)
+        elif len(self._seen) >= self.max_sources:
+            self.flush(now, everything=True)
+        log.log(self.level, "%s", text)
+        self._seen[key] = [now, 0, text]
+
+    def flush(self, now: float, everything: bool = False) -> None:
+        for key, e in list(self._seen.items()):
+            if everything or now - e[0] >= self.period:
+                self._summary(key[0], e)
+                del self._seen[key]
+
+    def _summary(self, ip: str, e: list) -> None:
+        if e[1]:
+            log.log(self.level, "%d more like this from %s in %gs, the last: %s", e[1], ip, self.period, e[2])
+
+
 class StreamConn(asyncio.Protocol):
     """One TCP or TLS connection, inbound or outbound, framed by Content-Length."""
 
@@ -51,6 +87,10 @@ class StreamConn(asyncio.Protocol):
         self.closed = False
         self.born = shell.loop.time()
         self.last_tx = self.born
+        self.inbound = key is None               # accepted here (Teams' TLS, the PBX's TCP)
+        self.messages = 0                        # complete SIP messages received
+        self.last_msg = self.born
+        self.partial_since: float | None = None  # first byte of a message not complete yet
         self.tokens: set = set()            # client transactions whose requests went out here
         self._early = bytearray()           # bytes that arrived before connection_made (start_tls)
         self._keepalive: asyncio.TimerHandle | None = None
@@ -61,6 +101,7 @@ class StreamConn(asyncio.Protocol):
             transport.abort()  # not a configured PBX (security.unknown_source: drop), banned or over a limit
             return
         self.transport = transport  # type: ignore[assignment]
+        self.born = self.last_msg = self.shell.loop.time()  # accepted TLS: after the handshake
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.src = Source(self.leg, self.proto, (peer[0], peer[1]), self)
         local = transport.get_extra_info("sockname") or ("?", 0)
@@ -84,17 +125,27 @@ class StreamConn(asyncio.Protocol):
         except ParseError as e:
             self.shell.framing_error(self, data, e)
             return
+        now = self.shell.loop.time()
+        if not self.framer.buffered:
+            self.partial_since = None
+        elif self.partial_since is None or frames:
+            self.partial_since = now
         for frame in frames:
             if frame is KEEPALIVE_PING:
                 self.write(b"\r\n")  # RFC 5626 4.4.1 pong
             else:
+                self.messages += 1
+                self.last_msg = now
                 self.shell.deliver(frame, self.src)  # type: ignore[arg-type]
+                if self.src is None:
+                    return  # closed while delivering
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._keepalive is not None:
             self._keepalive.cancel()
         self.shell.conn_lost(self)
+        self.src = None  # Source.conn is this connection: no cycle left for the collector
 
     def flush_early(self) -> None:
         if self._early:
@@ -124,6 +175,21 @@ class StreamConn(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()
+
+    def overdue(self, now: float, header_timeout: float, idle_timeout: float, tables: Any) -> str | None:
+        """Why this connection must be closed now (security.header_timeout / idle_timeout), or
+        None. A slow or silent peer must not hold a connection slot (issue 12: 200 such
+        connections used up the per-address cap a real Teams proxy shares). Our own outbound
+        connections are kept alive on purpose (keep-alive, connection_max_age)."""
+        if self.partial_since is not None and now - self.partial_since > header_timeout:
+            return f"a message not complete {header_timeout:g}s after its first byte (security.header_timeout)"
+        if not self.inbound:
+            return None
+        if self.messages == 0 and now - self.born > header_timeout:
+            return f"no SIP message within {header_timeout:g}s of connecting (security.header_timeout)"
+        if now - self.last_msg > idle_timeout and not tables.serves(self):
+            return f"no message for {idle_timeout:g}s and no transaction on it (security.idle_timeout)"
+        return None
 
 
 class TlsAcceptor(asyncio.Protocol):
@@ -185,7 +251,9 @@ class Shell:
         self._retiring: set[StreamConn] = set()
         self._udp_local = (config.pbx.listen.host, config.pbx.listen.port)
         self._maintenance: asyncio.TimerHandle | None = None
-        self.stats = {"tls_handshakes": 0, "tls_failures": 0, "cert_reloads": 0}
+        self.stats = {"tls_handshakes": 0, "tls_failures": 0, "cert_reloads": 0, "conns_timed_out": 0}
+        self._refusals = SourceLog(logging.WARNING)   # failed handshakes and refused peers
+        self._timeouts = SourceLog(logging.INFO)      # connections closed for being slow or idle
         self.certificate = CertificateWatch(config.teams.certificate, config.teams.private_key,
                                             [server_ctx, client_ctx], on_reloaded=self._new_certificate)
 
@@ -277,6 +345,7 @@ class Shell:
                 raise RuntimeError("no rtpengine configured")
             result: Any = await self.media.request(call.command)
         except Exception as e:  # NgError, NgTimeout, NoMediaAvailable...: the core decides
+            e.__traceback__ = None  # kept as a result: no frame <-> traceback cycle per failure
             result = e
             log.warning("rtpengine %s failed: %s call_id=%s", call.command.get("command"), e,
                         call.command.get("call-id"))
@@ -313,8 +382,10 @@ class Shell:
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT), TLS_HANDSHAKE_TIMEOUT + 1)
         except (OSError, asyncio.TimeoutError, ConnectionError) as e:
             self.stats["tls_failures"] += 1
-            log.warning("TLS handshake from %s:%d refused: %s", peer[0], peer[1], _describe(e))
-            self.door.handshake_failed(peer, self.loop.time())
+            now = self.loop.time()
+            why = _describe(e)
+            self._refusals.note(peer[0], why, now, f"TLS handshake from {peer[0]}:{peer[1]} refused: {why}")
+            self.door.handshake_failed(peer, now)
             raw.close()
             return
         if tls is None:
@@ -323,8 +394,9 @@ class Shell:
         problem = self.teams_identity_problem(tls.get_extra_info("peercert"))
         if problem:
             self.stats["tls_failures"] += 1
-            log.warning("TLS peer %s:%d refused: %s", peer[0], peer[1], problem)
-            self.door.handshake_failed(peer, self.loop.time())
+            now = self.loop.time()
+            self._refusals.note(peer[0], problem, now, f"TLS peer {peer[0]}:{peer[1]} refused: {problem}")
+            self.door.handshake_failed(peer, now)
             tls.abort()
             return
         self.stats["tls_handshakes"] += 1
@@ -354,6 +426,18 @@ class Shell:
             if not conn.tokens or conn.closed:
                 self._retiring.discard(conn)
                 conn.close()
+        sec = self.config.security
+        for conn in list(self.conns):
+            why = None if conn.closed or conn.src is None else conn.overdue(
+                now, sec.header_timeout, sec.idle_timeout, self.proxy.t)
+            if why:
+                self.stats["conns_timed_out"] += 1
+                ip, port = conn.src.addr  # type: ignore[union-attr]
+                self._timeouts.note(ip, why, now, f"closing {conn.proto} connection from {ip}:{port} on the "
+                                                  f"{conn.leg} leg: {why}")
+                conn.close()
+        self._refusals.flush(now)
+        self._timeouts.flush(now)
         self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
 
     def retire(self, conn: StreamConn, why: str) -> None:
@@ -480,4 +564,10 @@ def _describe(e: BaseException) -> str:
         return f"TLS certificate not trusted: {e.verify_message}"
     if isinstance(e, ssl.SSLError):
         return f"TLS handshake failed: {e.reason or e}"
-    return e.strerror or str(e)
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    if text:
+        return text
+    # asyncio raises a bare ConnectionResetError when the peer closes during the handshake
+    if isinstance(e, (ConnectionError, EOFError)):
+        return "the peer closed the connection before the TLS handshake completed"
+    return type(e).__name__
