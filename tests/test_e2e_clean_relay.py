@@ -50,12 +50,13 @@ class Pbx:
 
 def teams_invite(peer: TeamsPeer, extra: list[str] = (), from_display: str = "") -> tuple[str, str]:
     call_id = str(uuid.uuid4())
-    text = peer._build_request(
+    req = peer.build_request(
         "INVITE", f"sip:+14255550100@{peer.sbc_fqdn}:{peer.sbc_port};user=phone;transport=tls",
         call_id=call_id, cseq=1,
         from_=f'{from_display}<sip:+12065550123@sip.pstnhub.microsoft.com:5061;user=phone>;tag={secrets.token_hex(4)}',
-        to=f"<sip:+14255550100@{peer.sbc_fqdn};user=phone>", extra=list(extra))
-    return text, call_id
+        to=f"<sip:+14255550100@{peer.sbc_fqdn};user=phone>",
+        extra=[tuple(h.split(": ", 1)) for h in extra])
+    return req.to_bytes().decode(), call_id
 
 
 async def final_to(peer: TeamsPeer, text: str, call_id: str):
