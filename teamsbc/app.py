@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple
 
 from .admin import Observability
 from .config import Config
+from .entropy import POOL
 from .guard import Guard
 from .health import HealthBook, Pinger
 from .keyfile import keyring
@@ -32,7 +33,7 @@ class Core(NamedTuple):
 
 
 def build(config: Config, now: float | None = None, *, keepalive: bool = False,
-          entropy: Callable[[int], bytes] = os.urandom, keys: Keyring | None = None) -> Core:
+          entropy: Callable[[int], bytes] = POOL, keys: Keyring | None = None) -> Core:
     """The sans-IO core. With `keepalive`, OPTIONS pings start at `now` (the first ones at once).
     `keys` seal what we hand out in URIs; by default sbc.secret, else this box's secret file
     (created on first use: teamsbc.keyfile)."""

@@ -8,23 +8,21 @@ from collections.abc import Iterable
 from .decisions import Leg
 from .sip.errors import ParseError
 from .sip.message import Request
-from .sip.uri import parse_via
+from .sip.uri import Via, parse_via
 
 
 def stamp_via(req: Request, addr: tuple[str, int]) -> None:
     """RFC 3261 18.2.1 received= and RFC 3581 rport on the top Via of a request from `addr`."""
     via = req.top_via
-    changed = False
-    if via.host.strip("[]") != addr[0]:
-        via.params["received"] = addr[0]
-        changed = True
-    if "rport" in via.params and via.params["rport"] is None:
-        via.params["rport"] = str(addr[1])
-        changed = True
-    if changed:
-        vias = req.headers.get_all("via")
-        vias[0] = str(via)
-        req.headers.replace_all("via", vias)
+    received = via.host.strip("[]") != addr[0]
+    rport = "rport" in via.params and via.params["rport"] is None
+    if received or rport:
+        via = Via(via.transport, via.host, via.port, dict(via.params), via.protocol)  # the view is shared
+        if received:
+            via.params["received"] = addr[0]
+        if rport:
+            via.params["rport"] = str(addr[1])
+        req.headers.set_first("via", str(via))
 
 
 def loop_hash(req: Request, secret: str) -> str:

@@ -322,6 +322,7 @@ class Proxy:
             return
         target = d.targets[relay.index]
         req = Request(d.request.method, d.request.uri, d.request.headers.copy(), d.request.body)
+        req.share_views(d.request)
         branch = make_branch(f"{relay.loop}.{self.entropy(5).hex()}")
         self._prepare_branch(req, target, branch, d.record_route, d.identity)
         ctx = ClientTransaction(req, reliable=target.dest.transport != "udp", now=now)
@@ -563,6 +564,7 @@ class Proxy:
         rewrite) never strands the transaction: a final one becomes 502 (a 2xx is also ACKed
         and BYEd toward the callee), a provisional one is dropped."""
         up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
+        up.share_views(resp)
         up.headers.pop_first("via")
         try:
             self.policy.egress(up, relay.src.leg, relay.decision.identity, relay.request)

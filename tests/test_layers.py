@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parent.parent / "teamsbc"
 
 # floor -> module names (dotted, relative to teamsbc); a package name covers its modules
 FLOORS: dict[int, set[str]] = {
-    0: {"__init__", "addresses", "timefmt", "certnames", "tls", "labpki", "sip", "sealing"},
+    0: {"__init__", "addresses", "timefmt", "certnames", "tls", "labpki", "sip", "sealing", "entropy"},
     1: {"settings", "trunk_settings", "security_settings", "media.settings", "certs.settings",
         "admin_settings", "cdr.settings", "capture.settings", "config",
         "media.__init__", "certs.__init__", "cdr.__init__", "capture.__init__"},

@@ -65,6 +65,14 @@ class Headers:
                 return
         self._h.append([lname, g.canonical(lname), value])
 
+    def set_first(self, lname: str, value: str) -> None:
+        """Replace the value of the first field of that name, keeping the others (top Via)."""
+        for e in self._h:
+            if e[0] == lname:
+                e[2] = value
+                return
+        self._h.append([lname, g.canonical(lname), value])
+
     def add(self, lname: str, value: str) -> None:
         self._h.append([lname, g.canonical(lname), value])
 
@@ -115,10 +123,33 @@ _CSEQ_RE = re.compile(r"[ \t]*([0-9]+)[ \t]+(" + g.TOKEN + r")[ \t]*\Z")
 
 
 class Message:
-    __slots__ = ("headers", "body")
+    """Headers and body. The structured views below parse a header once: each is kept with
+    the very string it was parsed from and used again while the header still holds that
+    string (an identity test, so a rewritten header is parsed afresh). The views are shared,
+    not copied: treat them as read-only (copy before changing one)."""
+
+    __slots__ = ("headers", "body", "_views")
 
     headers: Headers
     body: bytes
+    _views: dict
+
+    def _view(self, lname: str, parse, missing: str | None = None):
+        v = self.headers.get(lname)
+        if v is None:
+            if missing is not None:
+                raise ParseError(missing)
+            v = ""
+        seen = self._views.get(lname)
+        if seen is not None and seen[0] is v:
+            return seen[1]
+        parsed = parse(v)
+        self._views[lname] = (v, parsed)
+        return parsed
+
+    def share_views(self, other: "Message") -> None:
+        """`other` has the same header strings (a copy being relayed): reuse what it parsed."""
+        self._views = dict(other._views)
 
     # -- structured views of mandatory headers (validated at parse time) --
     @property
@@ -127,22 +158,19 @@ class Message:
 
     @property
     def cseq(self) -> CSeq:
-        return parse_cseq(self.headers.get("cseq") or "")
+        return self._view("cseq", parse_cseq)
 
     @property
     def top_via(self) -> Via:
-        v = self.headers.get("via")
-        if v is None:
-            raise ParseError("Missing Via")
-        return parse_via(v)
+        return self._view("via", parse_via, "Missing Via")
 
     @property
     def from_addr(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("from") or "")
+        return self._view("from", parse_name_addr)
 
     @property
     def to_addr(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("to") or "")
+        return self._view("to", parse_name_addr)
 
     def _head_lines(self) -> list[str]:
         raise NotImplementedError
@@ -167,6 +195,7 @@ class Request(Message):
         self.uri = uri
         self.headers = headers if headers is not None else Headers()
         self.body = body
+        self._views = {}
 
     @property
     def ruri(self) -> SipUri:
@@ -187,6 +216,7 @@ class Response(Message):
         self.reason = reason
         self.headers = headers if headers is not None else Headers()
         self.body = body
+        self._views = {}
 
     def _head_lines(self) -> list[str]:
         return [f"SIP/2.0 {self.status} {self.reason}"]
@@ -212,6 +242,8 @@ _MAX_FORWARDS_RE = re.compile(r"0*([0-9]{1,3})\Z")     # 1*DIGIT, at most 255 (2
 # message-header = field-name HCOLON field-value; HCOLON = *( SP / HTAB ) ":" SWS (25.1).
 # The value's trailing SP/HTAB is stripped after the match (a regex tail would backtrack).
 _HEADER_LINE_RE = re.compile(r"(" + g.TOKEN + r")[ \t]*:[ \t]*(.*)", re.S)
+# The same, for every line of an unfolded head at once (MULTILINE: one match per line).
+_FIELD_RE = re.compile(r"^(" + g.TOKEN + r")[ \t]*:[ \t]*(.*)", re.M)
 # Headers parse_message looks at itself (first occurrence kept, duplicates refused for
 # SINGLE_HEADERS), so one pass over the lines finds them all.
 _TRACKED = g.SINGLE_HEADERS | frozenset(g.MANDATORY_HEADERS)
@@ -281,77 +313,59 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             raise _request_line_error(start)
         if m.group(3) != "2" or m.group(4) != "0":
             raise ParseError("Unsupported SIP version", 505)  # RFC 4475 3.1.2.16
-    entries: list[list[str]] = []
-    tracked: dict[str, list[str]] = {}
-    max_line, max_headers = g.MAX_LINE_LENGTH, g.MAX_HEADERS
     # MAX_LINE_LENGTH bounds each field as to_bytes() writes it ("Name: value", unfolded),
     # so whatever parses here can be forwarded and parsed again.
-    for i in range(1, len(lines)):
-        line = lines[i]
-        if line[0] == " " or line[0] == "\t":  # lines are never empty inside the head
-            if not entries:
-                raise ParseError("Continuation line before any header")
-            e = entries[-1]
-            part = line.strip(" \t")
-            if part:
-                # RFC 3261 7.3.1: a fold is equivalent to one SP
-                e[2] = f"{e[2]} {part}" if e[2] else part
-                if len(e[1]) + len(e[2]) + 2 > max_line:
-                    raise ParseError("Header line too long")
-            continue
-        hm = _HEADER_LINE_RE.match(line)
-        if hm is None:
-            colon = line.find(":")
-            raise ParseError("Header line without colon" if colon < 0 else
-                             "Empty header name" if colon == 0 else "Bad header name")
-        name, value = hm.group(1, 2)
-        value = value.rstrip(" \t")
+    max_line = g.MAX_LINE_LENGTH
+    pairs: list[tuple[str, str]] | None = None
+    if len(lines) - 1 <= g.MAX_HEADERS and "\n " not in head and "\n\t" not in head:
+        # no folded line: one regex pass over the whole head; if any line fails to match,
+        # the line-by-line reader below says which and why
+        pairs = _FIELD_RE.findall(head, len(start) + 1)
+        if len(pairs) != len(lines) - 1:
+            pairs = None
+    if pairs is None:
+        pairs = _read_fields(lines)
+    entries: list[list[str]] = []
+    tracked: dict[str, list[str]] = {}
+    contacts: list[str] = []
+    compact, split_headers = g.COMPACT_FORMS, g.SPLIT_HEADERS
+    for name, value in pairs:
+        if value and (value[-1] == " " or value[-1] == "\t"):
+            value = value.rstrip(" \t")
         lname = name.lower()
         if len(lname) == 1:
-            full = g.COMPACT_FORMS.get(lname)
+            full = compact.get(lname)
             if full is not None:
                 lname = full
                 name = g.canonical(full)
         if len(name) + len(value) + 2 > max_line:
             raise ParseError("Header line too long")
-        e = [lname, name, value]
-        entries.append(e)
-        if len(entries) > max_headers:  # stop early: 16000 tiny lines cost ~40 ms otherwise
-            raise ParseError("Too many headers")
+        if lname in split_headers and "," in value:
+            # list headers hold one entry per value (Via, Route, Record-Route, Contact)
+            e = None
+            for part in split_quoted(value, ","):
+                part = part.strip()
+                if not part:
+                    raise ParseError(f"Empty value in {name} list")  # RFC 4475 3.1.2.1
+                pe = [lname, name, part]
+                entries.append(pe)
+                if e is None:
+                    e = pe
+                if lname == "contact":
+                    contacts.append(part)
+        else:
+            e = [lname, name, value]
+            entries.append(e)
+            if lname == "contact":
+                contacts.append(value)
         if lname in _TRACKED:
             if lname not in tracked:
-                tracked[lname] = e
+                tracked[lname] = e  # type: ignore[assignment]
             elif lname in g.SINGLE_HEADERS:
                 raise ParseError(f"Multiple {g.canonical(lname)} headers")  # 4475 3.1.4.8/9
-
-    # split list headers into one entry per value
-    split_headers = g.SPLIT_HEADERS
-    contacts: list[str] = []
-    fields = entries
-    for i, e in enumerate(entries):
-        lname = e[0]
-        if lname in split_headers:
-            if "," in e[2]:
-                if fields is entries:
-                    fields = entries[:i]
-                parts: list[list[str]] = []
-                for part in split_quoted(e[2], ","):
-                    part = part.strip()
-                    if not part:
-                        raise ParseError(f"Empty value in {e[1]} list")  # RFC 4475 3.1.2.1
-                    parts.append([lname, e[1], part])
-                if tracked.get(lname) is e:
-                    tracked[lname] = parts[0]
-                fields.extend(parts)
-                if lname == "contact":
-                    contacts.extend(p[2] for p in parts)
-                continue
-            if lname == "contact":
-                contacts.append(e[2])
-        if fields is not entries:
-            fields.append(e)
-    if len(fields) > g.MAX_HEADERS:
+    if len(entries) > g.MAX_HEADERS:
         raise ParseError("Too many headers")
+    fields = entries
     headers = Headers(fields)
 
     msg: Request | Response
@@ -363,7 +377,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     for lname in g.MANDATORY_HEADERS:
         if lname not in tracked:
             raise ParseError(f"Missing {g.canonical(lname)} header")  # 4475 3.1.4.1
-    cseq = parse_cseq(tracked["cseq"][2])
+    views = msg._views
+    cs = tracked["cseq"][2]
+    cseq = parse_cseq(cs)
+    views["cseq"] = (cs, cseq)
     if not is_response:
         if cseq[1] != msg.method:
             raise ParseError("CSeq method does not match request method")  # 4475 3.1.2.17
@@ -374,9 +391,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
                 raise ParseError("Bad Max-Forwards")
             if int(mm.group(1)) > 255:
                 raise ParseError("Max-Forwards out of range")  # 20.22, RFC 4475 3.1.2.4
-    parse_via(tracked["via"][2])
-    parse_name_addr(tracked["from"][2])
-    parse_name_addr(tracked["to"][2])
+    for lname, parse in (("via", parse_via), ("from", parse_name_addr), ("to", parse_name_addr)):
+        v = tracked[lname][2]
+        views[lname] = (v, parse(v))
     if not tracked["call-id"][2]:
         raise ParseError("Empty Call-ID")
     for c in contacts:
@@ -398,6 +415,35 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     if type(msg.body) is not bytes:
         msg.body = bytes(msg.body)
     return msg
+
+
+def _read_fields(lines: list[str]) -> list[tuple[str, str]]:
+    """(name, value) of each header line, folds joined (RFC 3261 7.3.1: a fold is one SP),
+    with the precise error for a line that is not a header."""
+    pairs: list[tuple[str, str]] = []
+    max_line, max_headers = g.MAX_LINE_LENGTH, g.MAX_HEADERS
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if line[0] == " " or line[0] == "\t":  # lines are never empty inside the head
+            if not pairs:
+                raise ParseError("Continuation line before any header")
+            part = line.strip(" \t")
+            if part:
+                name, value = pairs[-1]
+                value = f"{value} {part}" if value else part
+                if len(name) + len(value) + 2 > max_line:
+                    raise ParseError("Header line too long")
+                pairs[-1] = (name, value)
+            continue
+        hm = _HEADER_LINE_RE.match(line)
+        if hm is None:
+            colon = line.find(":")
+            raise ParseError("Header line without colon" if colon < 0 else
+                             "Empty header name" if colon == 0 else "Bad header name")
+        pairs.append((hm.group(1), hm.group(2).rstrip(" \t")))
+        if len(pairs) > max_headers:  # stop early: 16000 tiny lines cost ~40 ms otherwise
+            raise ParseError("Too many headers")
+    return pairs
 
 
 def _request_line_error(line: str) -> ParseError:
