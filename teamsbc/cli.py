@@ -68,7 +68,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             from .labdefault import serve_with_peers
             asyncio.run(serve_with_peers(c))   # the lab: simulated Teams and PBX too
         else:
-            asyncio.run(serve(c))
+            team = None
+            if c.sbc.workers > 1:  # before any loop or thread: fork is only safe here
+                from .workers import bind_udp, fork_workers
+                udp = bind_udp(c.pbx.listen.host, c.pbx.listen.port) if c.pbx.transport == "udp" else None
+                team = fork_workers(c.sbc.workers, udp)
+            asyncio.run(serve(c, team=team))
     except SecretFileError as e:
         log.error("sealing secret unusable: %s", e)
         return 2

@@ -50,11 +50,14 @@ class Router:
     """The RoutingPolicy of decisions.py."""
 
     def __init__(self, config: Config, health: HealthBook | None = None, *,
-                 entropy: Callable[[int], bytes] = os.urandom, keys: Keyring | None = None):
+                 entropy: Callable[[int], bytes] = os.urandom, keys: Keyring | None = None,
+                 owns: Callable[[str], bool] | None = None):
         """`keys`: what seals x-tsbc-c and x-tsbc-rr (teamsbc.keyfile); without them a
         throwaway key (a Router that only looks, like doctor's samples)."""
         self.config = config
         self.entropy = entropy
+        # with sbc.workers, the Call-IDs of our own requests must be this worker's (workers.py)
+        self.owns_call_id = owns or (lambda call_id: True)
         self.health = health or HealthBook()
         self.teams = TeamsIdentity(config, keys, entropy=entropy)
         pbx = config.pbx
@@ -251,7 +254,10 @@ class Router:
 
     def options_request(self, peer: str) -> tuple[Request, Destination]:
         """The OPTIONS we send: to a Teams proxy (over our own TLS connection) or to a PBX."""
-        tag, callid, token = (self.entropy(n).hex() for n in (6, 10, 8))
+        tag, token = self.entropy(6).hex(), self.entropy(8).hex()
+        callid = self.entropy(10).hex()
+        while not self.owns_call_id(f"{callid}@{self.teams.fqdn}"):
+            callid = self.entropy(10).hex()  # the answer must come back to this worker
         if peer.startswith("pbx "):
             trunk = next(hp for hp in self.trunks() if pbx_peer(hp) == peer)
             dest = Destination(PBX, self.config.pbx.transport, trunk.host, trunk.port)

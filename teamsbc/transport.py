@@ -28,6 +28,7 @@ from .sip.build import bare_error_response
 from .sip.errors import ParseError
 from .sip.message import KEEPALIVE_PING, StreamFramer
 from .media.pool import MediaPool
+from .workers import Mesh, call_id_of
 
 log = logging.getLogger("teamsbc.transport")
 
@@ -45,6 +46,8 @@ class StreamConn(asyncio.Protocol):
 
     def __init__(self, shell: "Shell", leg: str, proto: str, key: tuple | None = None):
         self.shell, self.leg, self.proto, self.key = shell, leg, proto, key
+        shell.conn_seq += 1
+        self.ident = shell.conn_seq          # how another worker names it (workers.py "W")
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.src: Source | None = None
@@ -66,6 +69,7 @@ class StreamConn(asyncio.Protocol):
         local = transport.get_extra_info("sockname") or ("?", 0)
         self.local = (local[0], local[1])
         self.shell.conns.add(self)
+        self.shell.by_ident[self.ident] = self
         if self.key is not None and self.leg == TEAMS:
             self._arm_keepalive()
         if self.key is None and self.leg == PBX:
@@ -164,9 +168,48 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         log.debug("udp error on the %s leg: %s", self.leg, exc)
 
 
+class RemoteConn:
+    """A connection another worker holds (sbc.workers): what is written here goes there."""
+
+    __slots__ = ("mesh", "worker", "ident", "local", "closed")
+
+    def __init__(self, mesh: Mesh, worker: int, ident: int, local: tuple):
+        self.mesh, self.worker, self.ident, self.local = mesh, worker, ident, local
+        self.closed = False
+
+    def write(self, data: bytes) -> bool:
+        if self.worker not in self.mesh.team.channels:
+            return False
+        self.mesh.send(self.worker, ("W", self.ident, data))
+        return True
+
+
+class UdpSender:
+    """The PBX UDP socket in a worker that does not read it (worker 0 does): sending only,
+    from the same address, so the PBX sees one SBC."""
+
+    def __init__(self, sock: socket.socket):
+        sock.setblocking(False)
+        self.sock = sock
+        self.transport = self
+
+    def sendto(self, data: bytes, addr: tuple) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as e:  # a full buffer or an ICMP error: UDP retransmission covers it
+            log.debug("udp send to %s failed: %s", addr, e)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 class Shell:
     def __init__(self, config: Config, proxy: Proxy, door: Door, server_ctx: ssl.SSLContext,
-                 client_ctx: ssl.SSLContext, *, observers: Observers, media: MediaPool | None = None):
+                 client_ctx: ssl.SSLContext, *, observers: Observers, media: MediaPool | None = None,
+                 mesh: Mesh | None = None):
         self.config = config
         self.proxy = proxy
         self.door = door
@@ -176,8 +219,11 @@ class Shell:
         self.observer = observers  # call events and SIP on the wire go out to them
         self.loop = asyncio.get_running_loop()
         self.conns: set[StreamConn] = set()
+        self.conn_seq = 0
+        self.by_ident: dict[int, StreamConn] = {}
+        self.mesh = mesh   # sbc.workers > 1: the other workers (workers.py)
         self._servers: list[asyncio.AbstractServer] = []
-        self._udp: UdpEndpoint | None = None
+        self._udp: Any = None   # UdpEndpoint, or UdpSender in a worker that does not listen
         self._pool: dict[tuple, StreamConn] = {}
         self._connecting: dict[tuple, list[tuple[bytes, Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -193,12 +239,25 @@ class Shell:
     async def start(self) -> None:
         c = self.config
         tl = c.teams.listen
+        pl = c.pbx.listen
+        mesh = self.mesh
+        if mesh is not None:
+            mesh.handlers.update({"M": self.handed_over, "W": self.write_for_worker})
+        if mesh is not None and not mesh.team.primary:
+            if c.pbx.transport == "udp" and mesh.team.udp is not None:
+                self._udp = UdpSender(mesh.team.udp)
+            log.info("worker %d: calls handed over by worker 0", mesh.team.index)
+            self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
+            return
         self._servers.append(await self.loop.create_server(
             lambda: TlsAcceptor(self), tl.host, tl.port, reuse_address=True))
-        pl = c.pbx.listen
         if c.pbx.transport == "udp":
-            tr, proto = await self.loop.create_datagram_endpoint(
-                lambda: UdpEndpoint(self, PBX), local_addr=(pl.host, pl.port))
+            if mesh is not None and mesh.team.udp is not None:   # bound before the workers forked
+                tr, proto = await self.loop.create_datagram_endpoint(
+                    lambda: UdpEndpoint(self, PBX), sock=mesh.team.udp)
+            else:
+                tr, proto = await self.loop.create_datagram_endpoint(
+                    lambda: UdpEndpoint(self, PBX), local_addr=(pl.host, pl.port))
             self._udp = proto
             grow_receive_buffer(tr.get_extra_info("socket"), "PBX UDP")
         else:
@@ -208,7 +267,7 @@ class Shell:
         self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
 
     def is_listening(self) -> bool:
-        """Every listener accepts (the TLS and PBX servers, the PBX UDP socket)."""
+        """Every listener accepts (the TLS and PBX servers, the PBX UDP socket); worker 0's."""
         serving = bool(self._servers) and all(s.is_serving() for s in self._servers)
         if self.config.pbx.transport == "udp":
             udp = self._udp
@@ -235,9 +294,35 @@ class Shell:
 
     # ------------------------------------------------------------------ proxy glue
     def deliver(self, data: bytes, src: Source) -> None:
+        mesh = self.mesh
+        if mesh is not None:
+            call_id = call_id_of(data)
+            if call_id is not None:
+                owner = mesh.team.owner(call_id)
+                if owner != mesh.team.index:  # another worker's call: the bytes go there
+                    conn = src.conn
+                    mesh.hand_over(owner, src.leg, src.transport, src.addr,
+                                   conn.ident if conn is not None else 0,
+                                   conn.local if conn is not None else self._udp_local, data)
+                    return
         local = src.conn.local if src.conn is not None else self._udp_local
         self.observer.sip("in", src.leg, src.transport, local, src.addr, data, time.time())
         self.dispatch(self.proxy.receive(data, src, self.loop.time()))
+
+    def handed_over(self, worker: int, leg: str, transport: str, addr: tuple, ident: int,
+                    local: tuple, data: bytes) -> None:
+        """A message of one of our calls that another worker read (workers.py "M")."""
+        assert self.mesh is not None
+        conn = RemoteConn(self.mesh, worker, ident, tuple(local)) if ident else None
+        src = Source(leg, transport, (addr[0], addr[1]), conn)
+        self.observer.sip("in", leg, transport, tuple(local), src.addr, data, time.time())
+        self.dispatch(self.proxy.receive(data, src, self.loop.time()))
+
+    def write_for_worker(self, worker: int, ident: int, data: bytes) -> None:
+        """Another worker's answer on a connection we hold (workers.py "W")."""
+        conn = self.by_ident.get(ident)
+        if conn is None or not conn.write(data):
+            log.info("connection %d gone, a message of worker %d dropped", ident, worker)
 
     def _sent(self, data: bytes, leg: str, transport: str, local: tuple, remote: tuple) -> None:
         self.observer.sip("out", leg, transport, local, remote, data, time.time())
@@ -365,8 +450,12 @@ class Shell:
                  conn.key[3] if conn.key else 0, why)
 
     def reload_certificate(self, why: str) -> str | None:
-        """SIGHUP and the admin API's POST /reload: see certwatch.CertificateWatch.reload."""
-        return self.certificate.reload(why)
+        """SIGHUP and the admin API's POST /reload: see certwatch.CertificateWatch.reload.
+        Worker 0 tells the other workers (sbc.workers), which reload the same files."""
+        problem = self.certificate.reload(why)
+        if self.mesh is not None and self.mesh.team.primary:
+            self.mesh.broadcast(("R", why))
+        return problem
 
     def _new_certificate(self) -> None:
         """Teams keeps the old certificate on a connection: our own connections to Teams are
@@ -390,6 +479,7 @@ class Shell:
 
     def conn_lost(self, conn: StreamConn) -> None:
         self.conns.discard(conn)
+        self.by_ident.pop(conn.ident, None)
         if conn.key is not None and self._pool.get(conn.key) is conn:
             del self._pool[conn.key]
 

@@ -21,7 +21,8 @@ FLOORS: dict[int, set[str]] = {
     4: {"relay", "tables", "hops", "proxy", "reliable", "late_offer", "pbx_leg", "dialog_end"},
     5: {"transport", "certwatch", "media.ng", "media.pool", "cdr.store", "cdr.pg", "cdr.writer", "cdr.export", "capture.hep",
         "capture.traces", "metrics", "admin", "lab", "certs.acme_client", "certs.challenges",
-        "certs.gate", "certs.store", "certs.policy", "certs.manager", "keyfile", "cdr.search", "console"},
+        "certs.gate", "certs.store", "certs.policy", "certs.manager", "keyfile", "cdr.search", "console",
+        "workers"},
     6: {"app", "cli", "__main__", "demo", "doctor", "teams_setup", "certs.cli", "certs.__main__",
         "cdr.cli", "cdr.__main__", "preflight", "labdefault", "console.term"},
 }
