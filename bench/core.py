@@ -123,6 +123,19 @@ class Driver:
         self.proxy.handle_timer(self.now)
         self.busy += time.perf_counter() - t
 
+    def setup(self, n: int) -> None:
+        """A call up to its ACK, held (no BYE)."""
+        caller, callee = self.caller, self.callee
+        out = self.feed(invite(n, caller), caller)
+        fwd = next(s.data for s in out if s.to.__class__.__name__ == "Destination")
+        contact = "sip:sipp@127.0.0.1:5080" if callee == PBX else \
+            "sip:+442079460000@sip-du-a-us.pstnhub.microsoft.com:5061;transport=tls"
+        self.feed(answer(fwd, 100, "Trying", contact), callee)
+        self.feed(answer(fwd, 180, "Ringing", contact), callee)
+        up = [s.data for s in self.feed(answer(fwd, 200, "OK", contact, SDP), callee)]
+        self.feed(in_dialog("ACK", n, up[-1], 1, caller), caller)
+        self.now += 0.002
+
     def call(self, n: int) -> None:
         caller, callee = self.caller, self.callee
         out = self.feed(invite(n, caller), caller)
@@ -147,7 +160,31 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--directions", default="tls-udp,udp-tls")
+    ap.add_argument("--hold", type=int, default=0,
+                    help="instead: set up this many calls and hold them; bytes the core keeps per call "
+                         "(tracemalloc) while their transactions linger (64*T1) and after")
     a = ap.parse_args()
+    if a.hold:
+        import tracemalloc
+        for direction in a.directions.split(","):
+            d = Driver(direction)
+            for n in range(100):
+                d.setup(n)
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            for n in range(100, 100 + a.hold):
+                d.setup(n)
+            gc.collect()  # what is garbage (cycles included) is not held
+            held = tracemalloc.get_traced_memory()[0] - base
+            d.now += 40.0  # past Timer L/M (64*T1): the transactions end
+            d.timers()
+            gc.collect()
+            after = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+            print(f"{direction}: {held / a.hold:.0f} bytes per held call while its transactions "
+                  f"linger, {after / a.hold:.0f} after")
+        return
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)  # as app.serve
     for direction in a.directions.split(","):

@@ -517,16 +517,18 @@ class Kamailio:
 class ProfiledSbc(SbcProcess):
     """SbcProcess, optionally run under cProfile (python -m cProfile -o FILE -m teamsbc run)."""
 
-    def __init__(self, *a, profile_to: Path | None = None, launcher: list[str] | None = None, **kw):
+    def __init__(self, *a, profile_to: Path | None = None, launcher: list[str] | None = None,
+                 cpus: str | None = None, **kw):
         super().__init__(*a, **kw)
         self.profile_to = profile_to
         self.launcher = launcher  # python arguments that run teamsbc instead of "-m teamsbc"
+        self.cpus = cpus          # taskset -c CPUS: the cores every worker may run on
 
     def start(self, timeout: float = 20.0) -> "ProfiledSbc":
         import yaml
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.generation += 1
-        argv = [sys.executable]
+        argv = (["taskset", "-c", self.cpus] if self.cpus else []) + [sys.executable]
         if self.profile_to is not None:
             argv += ["-m", "cProfile", "-o", str(self.profile_to)]
         argv += (self.launcher or ["-m", "teamsbc"]) + ["run", "-c", str(self.config_path)]
@@ -538,10 +540,28 @@ class ProfiledSbc(SbcProcess):
         return self
 
     def pids(self) -> list[int]:
-        return [self.process.pid] if self.process and self.process.running else []
+        """The main process and its workers (sbc.workers: forked, same process group)."""
+        return group_pids(self.process.pid) if self.process and self.process.running else []
 
     def log_text(self) -> str:
         return self.process.stderr_text() + self.process.stdout_text() if self.process else ""
+
+
+def teamsbc_variant(variant: str) -> tuple[int | None, str | None, str | None]:
+    """teamsbc+VARIANT: (sbc.workers, taskset cores, launch_teamsbc.py what-if). VARIANT is
+    words joined by "-": `w2` (sbc.workers: 2), `cpu1` (taskset -c 0: one core for all its
+    processes; `cpu2` = cores 0-1), `gc-freeze` / `gc-off` (bench/launch_teamsbc.py)."""
+    workers = cpus = None
+    rest = []
+    for word in variant.split("-") if variant else []:
+        if re.fullmatch(r"w[0-9]+", word):
+            workers = int(word[1:])
+        elif re.fullmatch(r"cpu[0-9]+", word):
+            n = int(word[3:])
+            cpus = "0" if n == 1 else f"0-{n - 1}"
+        else:
+            rest.append(word)
+    return workers, cpus, "-".join(rest) or None
 
 
 # What the bench changes in teamsbc's configuration, and why. Keys this teamsbc does not know
@@ -738,6 +758,9 @@ class Topology:
                 if s == "udp-udp":
                     raise ValueError("teamsbc has no UDP Teams leg")
                 extra = {sec: dict(v) for sec, v in self.sbc_overrides.items()}
+                workers, cpus, launch = teamsbc_variant(variant)
+                if workers:
+                    extra.setdefault("sbc", {})["workers"] = workers
                 if self.rtpengine:
                     extra["media"] = {"rtpengine": [self.rtpengine.ng_udp],
                                       "interfaces": {"teams": "pub", "pbx": "priv"}}
@@ -746,8 +769,9 @@ class Topology:
                                          pbx_transport="udp", pbx_port=self.uas_port,
                                          extra=extra,
                                          profile_to=self.profile_to,
-                                         launcher=self.launcher or ([str(Path(__file__).parent / "launch_teamsbc.py"), variant]
-                                                                    if variant else None))
+                                         launcher=self.launcher or ([str(Path(__file__).parent / "launch_teamsbc.py"), launch]
+                                                                    if launch else None),
+                                         cpus=cpus)
                 proxy_teams_port, proxy_pbx_port = self.proxy.teams_port, self.proxy.pbx_listen_port
             else:
                 raise ValueError(sysname)

@@ -463,6 +463,11 @@ class Proxy:
             relay.on(E.FINAL_SENT, now)
             if first and relay.is_invite and relay.request.to_addr.tag is None:
                 self.event(CallAnswered(relay.call_id), now)
+            if first:
+                # the transactions linger 64*T1 (RFC 6026) for retransmissions only: what
+                # was parsed of their requests is not kept for that (parsed again if needed)
+                relay.request.forget_views()
+                ctx.request.forget_views()
             return
         if relay.done:
             return

@@ -7,7 +7,11 @@
     timers  one heap of everything with a deadline: transactions, relays, the guard, the pinger
 
 Anything on the heap has `next_timer() -> float | None` and `terminated`; stale heap entries
-are skipped when popped (no removal from the middle of the heap).
+are skipped when popped (no removal from the middle of the heap). A stale entry still holds its
+object: a relay that ended keeps its Timer C entry for 180 s, and with it the requests and
+transactions of the call. So the heap is compacted (stale entries dropped) whenever it has
+doubled since the last compaction: O(1) amortised per push, and what the proxy holds follows
+what is alive (bench/core.py --hold).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from .sip.message import Request, Response
 from .sip.transaction import ClientTransaction, ServerTransaction, TimedOut, Transmit
 
 log = logging.getLogger("teamsbc.proxy")
+
+COMPACT_MIN = 1024   # heap entries before the first compaction
 
 
 class ServerEntry:
@@ -73,11 +79,12 @@ class Tables:
         self.client: dict[tuple, tuple[Any, ClientTransaction, Destination]] = {}
         self._timers: list[tuple[float, int, Any]] = []
         self._seq = itertools.count()
+        self._compact_at = COMPACT_MIN
 
     # --- server side
     def new_server(self, req: Request, src: Source, key: tuple, now: float) -> ServerEntry:
         sv = self.server[key] = ServerEntry(
-            ServerTransaction(req, reliable=src.transport != "udp", now=now), src, key)
+            ServerTransaction(req, reliable=src.transport != "udp", now=now, keep_2xx=False), src, key)
         return sv
 
     def respond(self, sv: ServerEntry, resp: Response, now: float, out: list) -> None:
@@ -115,6 +122,22 @@ class Tables:
         t = obj.next_timer()
         if t is not None and not obj.terminated:
             heapq.heappush(self._timers, (t, next(self._seq), obj))
+            if len(self._timers) > self._compact_at:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Keep one entry per live object, at its current deadline."""
+        seen: set[int] = set()
+        live = []
+        for entry in self._timers:
+            obj = entry[2]
+            if obj.terminated or obj.next_timer() != entry[0] or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            live.append(entry)
+        heapq.heapify(live)
+        self._timers = live
+        self._compact_at = max(COMPACT_MIN, 2 * len(live))
 
     def next_timer(self) -> float | None:
         return self._timers[0][0] if self._timers else None

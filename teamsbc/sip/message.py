@@ -20,7 +20,9 @@ __all__ = [
 
 
 class Headers:
-    """Ordered header fields. Entries are [lower-case name, name as written, value].
+    """Ordered header fields. Entries are (lower-case name, name as written, value) tuples:
+    immutable, so a copy for relaying is one list of the same tuples (no per-field copies),
+    and a message held by a transaction costs one small tuple per field.
 
     List-valued headers in grammar.SPLIT_HEADERS hold one value per entry so the proxy can
     push/pop a single Via or Route without touching the others.
@@ -28,8 +30,8 @@ class Headers:
 
     __slots__ = ("_h",)
 
-    def __init__(self, entries: list[list[str]] | None = None):
-        self._h: list[list[str]] = entries if entries is not None else []
+    def __init__(self, entries: list[tuple[str, str, str]] | None = None):
+        self._h: list[tuple[str, str, str]] = entries if entries is not None else []
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for _, name, value in self._h:
@@ -39,7 +41,7 @@ class Headers:
         return len(self._h)
 
     def copy(self) -> "Headers":
-        return Headers([e[:] for e in self._h])
+        return Headers(self._h[:])
 
     def get(self, lname: str) -> str | None:
         for e in self._h:
@@ -58,31 +60,33 @@ class Headers:
 
     def set(self, lname: str, value: str) -> None:
         """Replace the first field of that name (dropping the others) or append one."""
-        for i, e in enumerate(self._h):
+        h = self._h
+        for i, e in enumerate(h):
             if e[0] == lname:
-                e[2] = value
-                self._h[i + 1:] = [x for x in self._h[i + 1:] if x[0] != lname]
+                h[i] = (lname, e[1], value)
+                h[i + 1:] = [x for x in h[i + 1:] if x[0] != lname]
                 return
-        self._h.append([lname, g.canonical(lname), value])
+        h.append((lname, g.canonical(lname), value))
 
     def set_first(self, lname: str, value: str) -> None:
         """Replace the value of the first field of that name, keeping the others (top Via)."""
-        for e in self._h:
+        h = self._h
+        for i, e in enumerate(h):
             if e[0] == lname:
-                e[2] = value
+                h[i] = (lname, e[1], value)
                 return
-        self._h.append([lname, g.canonical(lname), value])
+        h.append((lname, g.canonical(lname), value))
 
     def add(self, lname: str, value: str) -> None:
-        self._h.append([lname, g.canonical(lname), value])
+        self._h.append((lname, g.canonical(lname), value))
 
     def add_first(self, lname: str, value: str) -> None:
         """Insert above the existing fields of that name (Via, Record-Route), or at the top."""
         for i, e in enumerate(self._h):
             if e[0] == lname:
-                self._h.insert(i, [lname, e[1], value])
+                self._h.insert(i, (lname, e[1], value))
                 return
-        self._h.insert(0, [lname, g.canonical(lname), value])
+        self._h.insert(0, (lname, g.canonical(lname), value))
 
     def pop_first(self, lname: str) -> str | None:
         for i, e in enumerate(self._h):
@@ -102,7 +106,7 @@ class Headers:
         name = self._h[pos][1] if pos < len(self._h) else g.canonical(lname)
         rest = [e for e in self._h if e[0] != lname]
         pos = min(pos, len(rest))
-        rest[pos:pos] = [[lname, name, v] for v in values]
+        rest[pos:pos] = [(lname, name, v) for v in values]
         self._h = rest
 
 
@@ -146,6 +150,10 @@ class Message:
         parsed = parse(v)
         self._views[lname] = (v, parsed)
         return parsed
+
+    def forget_views(self) -> None:
+        """Drop what was parsed (a message kept only for the rest of its transaction)."""
+        self._views = {}
 
     def share_views(self, other: "Message") -> None:
         """`other` has the same header strings (a copy being relayed): reuse what it parsed."""
@@ -242,6 +250,8 @@ _MAX_FORWARDS_RE = re.compile(r"0*([0-9]{1,3})\Z")     # 1*DIGIT, at most 255 (2
 # message-header = field-name HCOLON field-value; HCOLON = *( SP / HTAB ) ":" SWS (25.1).
 # The value's trailing SP/HTAB is stripped after the match (a regex tail would backtrack).
 _HEADER_LINE_RE = re.compile(r"(" + g.TOKEN + r")[ \t]*:[ \t]*(.*)", re.S)
+_NAMES: dict[str, tuple[str, str]] = {}   # header name as written -> (it, lower case)
+_MAX_NAMES = 512                          # a peer inventing names cannot grow it further
 # The same, for every line of an unfolded head at once (MULTILINE: one match per line).
 _FIELD_RE = re.compile(r"^(" + g.TOKEN + r")[ \t]*:[ \t]*(.*)", re.M)
 # Headers parse_message looks at itself (first occurrence kept, duplicates refused for
@@ -325,14 +335,21 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             pairs = None
     if pairs is None:
         pairs = _read_fields(lines)
-    entries: list[list[str]] = []
-    tracked: dict[str, list[str]] = {}
+    entries: list[tuple[str, str, str]] = []
+    tracked: dict[str, tuple[str, str, str]] = {}
     contacts: list[str] = []
     compact, split_headers = g.COMPACT_FORMS, g.SPLIT_HEADERS
     for name, value in pairs:
         if value and (value[-1] == " " or value[-1] == "\t"):
             value = value.rstrip(" \t")
-        lname = name.lower()
+        # one string per header name for every message (a held call keeps its messages for
+        # 64*T1): names as written and their lower case come from a bounded table
+        known = _NAMES.get(name)
+        if known is None:
+            known = (name, name.lower())
+            if len(_NAMES) < _MAX_NAMES:
+                _NAMES[name] = known
+        name, lname = known
         if len(lname) == 1:
             full = compact.get(lname)
             if full is not None:
@@ -347,14 +364,14 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
                 part = part.strip()
                 if not part:
                     raise ParseError(f"Empty value in {name} list")  # RFC 4475 3.1.2.1
-                pe = [lname, name, part]
+                pe = (lname, name, part)
                 entries.append(pe)
                 if e is None:
                     e = pe
                 if lname == "contact":
                     contacts.append(part)
         else:
-            e = [lname, name, value]
+            e = (lname, name, value)
             entries.append(e)
             if lname == "contact":
                 contacts.append(value)
