@@ -64,6 +64,6 @@ def _create(path: Path) -> Secret:
         f.write(value + "\n")
         f.flush()
         os.fsync(f.fileno())
-    log.warning("sbc.secret is not set: created this box's own sealing secret in %s (a second "
+    log.info("sbc.secret is not set: created this box's own sealing secret in %s (a second "
                 "box needs sbc.secret shared by both: docs/ha.md)", path)
     return Secret(value)

@@ -38,7 +38,7 @@ from tests.support.rtpengine import TEAMS_IP, RtpEngine
 from tests.support.sbc import SbcProcess
 from tests.support.sipp import SipMessage
 from tests.support.srtp import CryptoAttr, SrtpContext, parse_crypto_line, parse_rtp, rtp_packet
-from tests.support.teams_peer import Answer, TeamsPeer, uri_of
+from tests.support.teams_peer import Answer, Received, TeamsPeer, uri_of
 from tests.test_media_e2e import MediaSocket, attr_lines, media_address, new_key, teams_answer_sdp, teams_offer_sdp
 
 pytestmark = pytest.mark.e2e
@@ -117,8 +117,8 @@ def answering_with(sock: MediaSocket, keys: dict[int, CryptoAttr]):
     """Teams' answer to the SBC's INVITE: our own SRTP key, on the crypto tag offered."""
     key_text, _ = new_key(1)
 
-    def answer(invite: SipMessage) -> str:
-        offered = parse_crypto_line(attr_lines(invite.body, "crypto")[0])
+    def answer(invite: Received) -> str:
+        offered = parse_crypto_line(attr_lines(invite.msg.body, "crypto")[0])
         raw = base64.b64decode(key_text)
         keys[offered.tag] = CryptoAttr(offered.tag, "AES_CM_128_HMAC_SHA1_80", raw[:16], raw[16:], 2**31, 1, 1)
         return teams_answer_sdp(sock.port, key=key_text, tag=offered.tag)
