@@ -22,7 +22,7 @@ def stamp_via(req: Request, addr: tuple[str, int]) -> None:
             via.params["received"] = addr[0]
         if rport:
             via.params["rport"] = str(addr[1])
-        req.headers.set_first("via", str(via))
+        req.set_first_viewed("via", str(via), via)
 
 
 def loop_hash(req: Request, secret: str) -> str:

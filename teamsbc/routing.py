@@ -180,7 +180,7 @@ class Router:
                 return Reply(403, "Forbidden", log="in-dialog request outside any route set of ours")
             identity = self.teams.name_of(req.ruri) or next(
                 (n for n in map(self.teams.name_of, popped) if n), None)
-            target = parse_uri(original) if original else req.ruri
+            target = parse_uri(original) if original else req.ruri.copy()
             target.headers = None  # never relay escaped headers (RFC 4475 3.1.2.11)
             if req.method == "REFER":
                 self.remember_refer(req, now)
@@ -195,7 +195,7 @@ class Router:
         hop = parse_name_addr(routes[0]).sip_uri() if routes else req.ruri
         if not self.teams.is_teams_host(hop.host):
             return Reply(403, "Forbidden", log=f"next hop {hop.host} is not a Teams host")
-        ruri = req.ruri
+        ruri = req.ruri.copy()
         ruri.headers = None
         return Forward(req, [Target(self.teams_dest(hop.host_bare, hop.port), str(ruri))], identity=identity)
 

@@ -151,6 +151,11 @@ class Message:
         self._views[lname] = (v, parsed)
         return parsed
 
+    def set_first_viewed(self, lname: str, value: str, parsed: object) -> None:
+        """Replace the first `lname` field with `value`, whose parsed form is `parsed`."""
+        self.headers.set_first(lname, value)
+        self._views[lname] = (value, parsed)
+
     def forget_views(self) -> None:
         """Drop what was parsed (a message kept only for the rest of its transaction)."""
         self._views = {}
@@ -207,7 +212,13 @@ class Request(Message):
 
     @property
     def ruri(self) -> SipUri:
-        return parse_uri(self.uri)
+        """The Request-URI parsed (shared, read-only: copy before changing it)."""
+        seen = self._views.get(" uri")
+        if seen is not None and seen[0] is self.uri:
+            return seen[1]
+        parsed = parse_uri(self.uri)
+        self._views[" uri"] = (self.uri, parsed)
+        return parsed
 
     def _head_lines(self) -> list[str]:
         return [f"{self.method} {self.uri} SIP/2.0"]
