@@ -70,8 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             team = None
             if c.sbc.workers > 1:  # before any loop or thread: fork is only safe here
+                from .addresses import bind_udp
                 from .keyfile import keyring
-                from .workers import bind_udp, fork_workers
+                from .workers import fork_workers
                 keyring(c.sbc)  # a first start creates the secret file once, not once per worker
                 udp = bind_udp(c.pbx.listen.host, c.pbx.listen.port) if c.pbx.transport == "udp" else None
                 team = fork_workers(c.sbc.workers, udp)

@@ -14,9 +14,10 @@ import logging
 import socket
 import ssl
 import time
+from collections import deque
 from typing import Any
 
-from .addresses import HostPort, grow_receive_buffer
+from .addresses import HostPort, bind_udp, grow_receive_buffer
 from .certnames import dns_names, teams_name_problem
 from .certwatch import CertificateWatch
 from .config import Config
@@ -57,6 +58,7 @@ class StreamConn(asyncio.Protocol):
         self.tokens: set = set()            # client transactions whose requests went out here
         self._early = bytearray()           # bytes that arrived before connection_made (start_tls)
         self._keepalive: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []         # written this loop turn, sent together (Shell.flush)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if (self.key is None and self.leg == PBX and not self.shell.door.admit_connection(
@@ -106,11 +108,23 @@ class StreamConn(asyncio.Protocol):
             self.data_received(data)
 
     def write(self, data: bytes) -> bool:
+        """Queue `data`; everything written to this connection in one loop turn leaves in one
+        TLS record and one send (Shell.flush)."""
         if self.closed or self.transport is None or self.transport.is_closing():
             return False
-        self.transport.write(data)
+        if not self._out:
+            self.shell.dirty(self)
+        self._out.append(data)
         self.last_tx = self.shell.loop.time()
         return True
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if not self.closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _arm_keepalive(self) -> None:
         interval = self.shell.config.teams.keepalive_interval
@@ -127,6 +141,7 @@ class StreamConn(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self.flush()
             self.transport.close()
 
 
@@ -149,23 +164,81 @@ class TlsAcceptor(asyncio.Protocol):
         pass
 
 
-class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, shell: "Shell", leg: str):
-        self.shell, self.leg = shell, leg
-        self.transport: asyncio.DatagramTransport | None = None
+READ_BATCH = 64  # datagrams read per wake-up at most (then other sockets get their turn)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
-            return  # keep-alive noise on UDP
-        if not self.shell.door.admit_address(addr[0], self.leg, self.shell.loop.time()):
-            return  # not a configured PBX or banned: dropped before parsing, counted
-        self.shell.deliver(data, Source(self.leg, "udp", (addr[0], addr[1])))
+class UdpSocket:
+    """The PBX leg's UDP socket, driven without asyncio's datagram transport: one wake-up
+    reads every datagram waiting (up to READ_BATCH), where the transport reads one per loop
+    turn, and a send is one sendto. `read=False`: a worker that only sends from it (worker 0
+    reads it; sbc.workers)."""
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp error on the %s leg: %s", self.leg, exc)
+    def __init__(self, shell: "Shell", leg: str, sock: socket.socket, *, read: bool = True):
+        sock.setblocking(False)
+        self.shell, self.leg, self.sock = shell, leg, sock
+        self.transport = self
+        self._closing = False
+        self._reading = read
+        self._backlog: deque[tuple[bytes, tuple]] = deque()
+        if read:
+            shell.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        shell, leg, recv = self.shell, self.leg, self.sock.recvfrom
+        door = shell.door
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # an ICMP error reported on the socket
+                log.debug("udp error on the %s leg: %s", leg, e)
+                continue
+            if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
+                continue  # keep-alive noise on UDP
+            if not door.admit_address(addr[0], leg, shell.loop.time()):
+                continue  # not a configured PBX or banned: dropped before parsing, counted
+            shell.deliver(data, Source(leg, "udp", (addr[0], addr[1])))
+
+    def sendto(self, data: bytes, addr: tuple) -> None:
+        if self._closing:
+            return
+        if self._backlog:
+            self._backlog.append((data, addr))
+            return
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._backlog.append((data, addr))
+            self.shell.loop.add_writer(self.sock.fileno(), self._writable)
+        except OSError as e:  # unreachable network and the like: UDP retransmission covers it
+            log.debug("udp send to %s failed: %s", addr, e)
+
+    def _writable(self) -> None:
+        while self._backlog:
+            data, addr = self._backlog[0]
+            try:
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("udp send to %s failed: %s", addr, e)
+            self._backlog.popleft()
+        self.shell.loop.remove_writer(self.sock.fileno())
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        loop = self.shell.loop
+        if self._reading:
+            loop.remove_reader(self.sock.fileno())
+        if self._backlog:
+            loop.remove_writer(self.sock.fileno())
+        self.sock.close()
 
 
 class RemoteConn:
@@ -182,28 +255,6 @@ class RemoteConn:
             return False
         self.mesh.send(self.worker, ("W", self.ident, data))
         return True
-
-
-class UdpSender:
-    """The PBX UDP socket in a worker that does not read it (worker 0 does): sending only,
-    from the same address, so the PBX sees one SBC."""
-
-    def __init__(self, sock: socket.socket):
-        sock.setblocking(False)
-        self.sock = sock
-        self.transport = self
-
-    def sendto(self, data: bytes, addr: tuple) -> None:
-        try:
-            self.sock.sendto(data, addr)
-        except OSError as e:  # a full buffer or an ICMP error: UDP retransmission covers it
-            log.debug("udp send to %s failed: %s", addr, e)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
 
 
 class Shell:
@@ -223,7 +274,8 @@ class Shell:
         self.by_ident: dict[int, StreamConn] = {}
         self.mesh = mesh   # sbc.workers > 1: the other workers (workers.py)
         self._servers: list[asyncio.AbstractServer] = []
-        self._udp: Any = None   # UdpEndpoint, or UdpSender in a worker that does not listen
+        self._udp: UdpSocket | None = None
+        self._dirty: list[StreamConn] = []
         self._pool: dict[tuple, StreamConn] = {}
         self._connecting: dict[tuple, list[tuple[bytes, Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -245,21 +297,17 @@ class Shell:
             mesh.handlers.update({"M": self.handed_over, "W": self.write_for_worker})
         if mesh is not None and not mesh.team.primary:
             if c.pbx.transport == "udp" and mesh.team.udp is not None:
-                self._udp = UdpSender(mesh.team.udp)
+                self._udp = UdpSocket(self, PBX, mesh.team.udp, read=False)
             log.info("worker %d: calls handed over by worker 0", mesh.team.index)
             self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
             return
         self._servers.append(await self.loop.create_server(
             lambda: TlsAcceptor(self), tl.host, tl.port, reuse_address=True))
         if c.pbx.transport == "udp":
-            if mesh is not None and mesh.team.udp is not None:   # bound before the workers forked
-                tr, proto = await self.loop.create_datagram_endpoint(
-                    lambda: UdpEndpoint(self, PBX), sock=mesh.team.udp)
-            else:
-                tr, proto = await self.loop.create_datagram_endpoint(
-                    lambda: UdpEndpoint(self, PBX), local_addr=(pl.host, pl.port))
-            self._udp = proto
-            grow_receive_buffer(tr.get_extra_info("socket"), "PBX UDP")
+            # bound before the workers forked (sbc.workers), else here
+            sock = mesh.team.udp if mesh is not None and mesh.team.udp is not None else bind_udp(pl.host, pl.port)
+            grow_receive_buffer(sock, "PBX UDP")
+            self._udp = UdpSocket(self, PBX, sock)
         else:
             self._servers.append(await self.loop.create_server(
                 lambda: StreamConn(self, PBX, "tcp"), pl.host, pl.port, reuse_address=True))
@@ -271,7 +319,7 @@ class Shell:
         serving = bool(self._servers) and all(s.is_serving() for s in self._servers)
         if self.config.pbx.transport == "udp":
             udp = self._udp
-            serving = serving and udp is not None and udp.transport is not None and not udp.transport.is_closing()
+            serving = serving and udp is not None and not udp.is_closing()
         return serving
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -287,8 +335,8 @@ class Shell:
             self._maintenance.cancel()
         for conn in list(self.conns):
             conn.close()
-        if self._udp and self._udp.transport:
-            self._udp.transport.close()
+        if self._udp is not None:
+            self._udp.close()
         for s in self._servers:
             await s.wait_closed()
 
@@ -323,6 +371,17 @@ class Shell:
         conn = self.by_ident.get(ident)
         if conn is None or not conn.write(data):
             log.info("connection %d gone, a message of worker %d dropped", ident, worker)
+
+    def dirty(self, conn: StreamConn) -> None:
+        """`conn` has writes queued: they leave together after this loop turn's callbacks."""
+        if not self._dirty:
+            self.loop.call_soon(self.flush)
+        self._dirty.append(conn)
+
+    def flush(self) -> None:
+        conns, self._dirty = self._dirty, []
+        for conn in conns:
+            conn.flush()
 
     def _sent(self, data: bytes, leg: str, transport: str, local: tuple, remote: tuple) -> None:
         self.observer.sip("out", leg, transport, local, remote, data, time.time())
@@ -490,14 +549,14 @@ class Shell:
                 log.info("connection to %s:%d gone, response dropped", *src.addr)
                 return
             self._sent(data, src.leg, src.transport, src.conn.local, src.addr)
-        elif self._udp and self._udp.transport:
-            self._udp.transport.sendto(data, src.addr)
+        elif self._udp is not None:
+            self._udp.sendto(data, src.addr)
             self._sent(data, src.leg, "udp", self._udp_local, src.addr)
 
     def _send_to_destination(self, data: bytes, dest: Destination, token: Any) -> None:
         if dest.transport == "udp":
-            if self._udp and self._udp.transport:
-                self._udp.transport.sendto(data, (dest.host, dest.port))
+            if self._udp is not None:
+                self._udp.sendto(data, (dest.host, dest.port))
                 self._sent(data, dest.leg, "udp", self._udp_local, (dest.host, dest.port))
             return
         key = (dest.leg, dest.transport, dest.host, dest.port)

@@ -95,18 +95,6 @@ class Team:
         return self.owner(call_id) == self.index
 
 
-def bind_udp(host: str, port: int) -> socket.socket:
-    """The PBX UDP socket, bound before the fork: worker 0 reads it, every worker sends from it."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
 def fork_workers(count: int, udp: socket.socket | None) -> Team:
     """Fork workers 1..count-1 (before any event loop or thread exists) and return this
     process's Team. Each pair of workers gets its own channel."""
