@@ -179,6 +179,7 @@ class Mesh:
         self.handlers: dict[str, Callable[..., None]] = {}
         self.snapshots: dict[int, dict] = {}
         self._observed: list[tuple] = []
+        self._outbox: dict[int, list[tuple]] = {}
         self._flush_armed = False
         self._backlog: dict[int, list[bytes]] = {}
         self.on_lost: Callable[[int], None] | None = None
@@ -201,10 +202,33 @@ class Mesh:
 
     # ------------------------------------------------------------------ sending
     def send(self, k: int, obj: tuple) -> None:
+        """Queue `obj` for worker k: what one loop turn queues for a worker leaves as one
+        packet (one pickle, one send) after the turn's callbacks (`_flush`)."""
+        if k not in self.team.channels:
+            return
+        box = self._outbox.get(k)
+        if box is None:
+            box = self._outbox[k] = []
+            if not self._flush_armed:
+                self._flush_armed = True
+                self.loop.call_soon(self._flush)
+        box.append(obj)
+
+    def broadcast(self, obj: tuple) -> None:
+        for k in list(self.team.channels):
+            self.send(k, obj)
+
+    def _flush(self) -> None:
+        self._flush_armed = False
+        boxes, self._outbox = self._outbox, {}
+        self._observed = []
+        for k, objs in boxes.items():
+            self._send_now(k, pickle.dumps(objs, pickle.HIGHEST_PROTOCOL))
+
+    def _send_now(self, k: int, data: bytes) -> None:
         sock = self.team.channels.get(k)
         if sock is None:
             return
-        data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
         if k in self._backlog:
             self._backlog[k].append(data)
             return
@@ -215,10 +239,6 @@ class Mesh:
             self.loop.add_writer(sock.fileno(), self._writable, k)
         except OSError:
             self._lost(k)
-
-    def broadcast(self, obj: tuple) -> None:
-        for k in list(self.team.channels):
-            self.send(k, obj)
 
     def _writable(self, k: int) -> None:
         sock = self.team.channels.get(k)
@@ -243,16 +263,11 @@ class Mesh:
         self.send(k, ("M", leg, transport, addr, conn_id, local, data))
 
     def observe(self, call: tuple) -> None:
-        self._observed.append(call)
-        if not self._flush_armed:
-            self._flush_armed = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_armed = False
-        batch, self._observed = self._observed, []
-        if batch:
-            self.send(0, ("O", batch))
+        """An observer call for worker 0 (Forwarder)."""
+        box = self._observed
+        if not box:
+            self.send(0, ("O", box))  # the list fills up until the flush pickles it
+        box.append(call)
 
     # ------------------------------------------------------------------ receiving
     def _readable(self, k: int) -> None:
@@ -270,14 +285,14 @@ class Mesh:
                 self._lost(k)
                 return
             self.stats["received"] += 1
-            obj = pickle.loads(data)
-            handler = self.handlers.get(obj[0])
-            if handler is None:
-                continue
-            try:
-                handler(k, *obj[1:])
-            except Exception:
-                log.exception("worker %d: handling %r from worker %d failed", self.team.index, obj[0], k)
+            for obj in pickle.loads(data):
+                handler = self.handlers.get(obj[0])
+                if handler is None:
+                    continue
+                try:
+                    handler(k, *obj[1:])
+                except Exception:
+                    log.exception("worker %d: handling %r from worker %d failed", self.team.index, obj[0], k)
 
     def _lost(self, k: int) -> None:
         sock = self.team.channels.pop(k, None)
