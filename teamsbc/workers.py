@@ -86,10 +86,16 @@ class Team:
         return 1.0 / self.count
 
     def owner(self, call_id: bytes | str) -> int:
+        """CRC-32 of the Call-ID modulo the workers started; a dead worker's calls go to the
+        live ones by the same hash (the other calls keep their owner and their transactions)."""
         if isinstance(call_id, str):
             call_id = call_id.encode()
+        h = zlib.crc32(call_id)
+        k = h % self.count
         alive = self.alive
-        return alive[zlib.crc32(call_id) % len(alive)]
+        if len(alive) == self.count or k in alive:
+            return k
+        return alive[h % len(alive)]
 
     def owns(self, call_id: str) -> bool:
         return self.owner(call_id) == self.index
