@@ -721,6 +721,8 @@ class Topology:
     runs: int = 0
     startup_options: int | None = None  # teamsbc's start-up OPTIONS the responder answered
     rtpengine: Any = None
+    rtpengines: int = 1          # teamsbc with media: 2 = a spare instance in media.rtpengine too
+    rtpengine_spare: Any = None
     _uacs: dict = field(default_factory=dict)
 
     def start(self) -> "Topology":
@@ -728,7 +730,10 @@ class Topology:
         pki = self.pki
         sysname, _, variant = self.system.partition("+")  # teamsbc+gc-off: a what-if launcher
         if media and sysname != "direct":
-            self.rtpengine = start_rtpengine(self.procs)
+            two = self.rtpengines > 1 and sysname == "teamsbc"
+            self.rtpengine = start_rtpengine(self.procs, largest=1600 if two else None)
+            if two:  # half the port range each
+                self.rtpengine_spare = start_rtpengine(self.procs, largest=1600)
         self.workdir.mkdir(parents=True, exist_ok=True)
         teams_in = s == "tls-udp"
         teams_out = s == "udp-tls"
@@ -762,7 +767,8 @@ class Topology:
                 if workers:
                     extra.setdefault("sbc", {})["workers"] = workers
                 if self.rtpengine:
-                    extra["media"] = {"rtpengine": [self.rtpengine.ng_udp],
+                    extra["media"] = {"rtpengine": [self.rtpengine.ng_udp] + (
+                                          [self.rtpengine_spare.ng_udp] if self.rtpengine_spare else []),
                                       "interfaces": {"teams": "pub", "pbx": "priv"}}
                 self.proxy = ProfiledSbc(self.workdir, self.procs, pki,
                                          teams_resolve={n: server_port for n in TEAMS_NAMES},
@@ -858,20 +864,21 @@ class Topology:
                 pass
         if self.stunnel is not None:
             self.stunnel.stop()
-        if self.rtpengine is not None:
-            self.rtpengine.stop()
-            from tests.support.rtpengine import release_port_window
-            release_port_window(self.rtpengine.port_min)  # now, not when the object is collected
+        for engine in (self.rtpengine, self.rtpengine_spare):
+            if engine is not None:
+                engine.stop()
+                from tests.support.rtpengine import release_port_window
+                release_port_window(engine.port_min)  # now, not when the object is collected
 
 
-def start_rtpengine(procs: ProcessManager):
+def start_rtpengine(procs: ProcessManager, largest: int | None = None):
     """A user-space rtpengine (tests.support.rtpengine: interfaces pub/127.0.0.1 toward Teams,
     priv/127.0.0.2 toward the PBX) with a media port window as large as the machine allows:
     every call holds 4 ports (2 legs x RTP/RTCP) until its BYE (or rtpengine's own timeout for
     a call that failed before it), so the window bounds the calls in flight."""
     from tests.support.rtpengine import RtpEngine
     last: Exception | None = None
-    for window in (4400, 4000, 3200, 2400, 1600, 800, 400):
+    for window in [w for w in (4400, 4000, 3200, 2400, 1600, 800, 400) if largest is None or w <= largest]:
         try:
             return RtpEngine(procs, window=window, http=False).start()
         except RuntimeError as e:

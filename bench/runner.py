@@ -7,8 +7,11 @@ import datetime as dt
 import os
 import platform
 import pstats
+import re
+import signal
 import shutil
 import subprocess
+import threading
 import time
 import traceback
 from dataclasses import asdict
@@ -33,7 +36,7 @@ SCENARIO_TITLE = {
 for _k in list(SCENARIO_TITLE):
     SCENARIO_TITLE[_k + "+rtpengine"] = SCENARIO_TITLE[_k] + " + rtpengine"
 PLANS = {
-    "full": dict(ladder=[100, 200, 300, 400, 500, 600, 800, 1000, 1400, 1800], step_secs=4.0,
+    "full": dict(ladder=[100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1400, 1600, 1800, 2200], step_secs=4.0,
                  hold_ms=500, lat_secs=5.0, retry=True, hold_counts=(2000, 10000),
                  profile_secs=6.0, budget_s=12.5 * 60, reserve_after_ladder=270,
                  scenarios=SCENARIOS),
@@ -150,7 +153,7 @@ class Bench:
         self.results_dir = Path(args.out)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.stem = args.stem or (self.date + ("-quick" if args.quick else ""))
-        self.phases = set((args.phases or "ladder,latency,hold,profile").split(","))
+        self.phases = set((args.phases or "ladder,latency,hold,profile,events").split(","))
         self.scratch = Path(args.scratch_run)
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.scenarios = list(args.scenarios.split(",") if args.scenarios else self.plan["scenarios"])
@@ -159,6 +162,8 @@ class Bench:
             self.scenarios = [s for s in self.scenarios if s not in skipped]
             self.rtpengine_missing = skipped
         self.variants = [v for v in (args.variants.split(",") if args.variants else []) if v]
+        # each what-if runs the signalling-only ladders (and their latency runs) once more
+        self.plan["budget_s"] += 150 * len(self.variants)
         self.only = set(args.systems.split(",")) if args.systems else None
         self.pm = ProcessManager(self.scratch / "procs")
         self.pki = build_test_pki(self.scratch / "pki")
@@ -166,7 +171,7 @@ class Bench:
         self.sbc_overrides, dropped = sbc_overrides(self.pki)
         self.data: dict = {"date": self.date, "mode": self.mode, "plan": self.plan, "steps": {},
                            "variants": self.variants, "teamsbc": snap,
-                           "latency": {}, "hold": {}, "profile": {}, "problems": [], "skipped": [],
+                           "latency": {}, "hold": {}, "profile": {}, "events": {}, "problems": [], "skipped": [],
                            "timed_scenario": self.timed, "sbc_overrides": self.sbc_overrides,
                            "sbc_overrides_dropped": dropped}
         self.topo_n = 0
@@ -189,7 +194,8 @@ class Bench:
         if scenario.startswith("udp-udp"):
             out = ["kamailio"]  # teamsbc has no UDP Teams leg
         else:
-            out = ["teamsbc"] + [f"teamsbc+{v}" for v in self.variants] + ["kamailio"]
+            # what-ifs: the signalling-only scenarios (the scaling table), not the media ones
+            out = ["teamsbc"] + [f"teamsbc+{v}" for v in self.variants if "+" not in scenario] + ["kamailio"]
         return [s for s in out if self.only is None or s in self.only]
 
     def note_problems(self, topo: Topology, phase: str, died: bool = False) -> None:
@@ -407,6 +413,51 @@ class Bench:
                 "text": txt.name, "top_tottime": top_tt, "top_cumtime": top_ct,
                 "top_teamsbc_cumtime": top_own_ct, "run": res}
 
+    # ---- phase 5: a certificate reload and an rtpengine failover under 50% load
+    def event(self, key: str, what: str, scenario: str, rate: float, act, log_pattern: str,
+              **topo_kw) -> dict:
+        """One run at `rate` with `act(topo)` half-way through; its failed calls."""
+        secs = self.plan["lat_secs"] * 2
+        topo = self.topo("teamsbc", scenario, **topo_kw)
+        timer = threading.Timer(secs / 2, act, args=(topo,))
+        try:
+            timer.start()
+            res, _ = run_calls(topo, rate, secs, self.plan["hold_ms"])
+            timer.join()
+            lines = [ln for ln in topo.proxy_log().splitlines() if re.search(log_pattern, ln)]
+        finally:
+            timer.cancel()
+            self.finish_topo(topo, "events")
+        failed = res["uac"]["failed"] + res["uas"]["failed"]
+        say(f"  teamsbc {what} ({scenario} at {rate:.0f}/s): {failed} failed of {res['calls']}"
+            f"{'' if res['clean'] else ' (' + '; '.join(res['reasons']) + ')'}")
+        return {"what": what, "scenario": scenario, "rate": rate, "calls": res["calls"], "failed": failed,
+                "retrans": res["retrans"], "clean": res["clean"], "reasons": res["reasons"],
+                "log": [re.sub(r"^\S+ \S+ ", "", ln)[:160] for ln in lines[:3]], "run": res}
+
+    def events(self, clean: dict[str, dict[str, int]]) -> dict:
+        out: dict = {}
+
+        def reload(topo: Topology) -> None:
+            os.kill(topo.proxy.process.pid, signal.SIGHUP)
+
+        def kill_first_rtpengine(topo: Topology) -> None:
+            os.kill(topo.rtpengine.pid, signal.SIGKILL)
+
+        for scenario in ("tls-udp", "udp-tls"):
+            if scenario in self.scenarios and self.left() > 40:
+                rate = max((clean.get(scenario, {}).get("teamsbc") or 100) / 2.0, 25.0)
+                out[f"reload/{scenario}"] = self.event(
+                    f"reload/{scenario}", "certificate reload (SIGHUP)", scenario, rate, reload,
+                    r"reload|renewing connection")
+        scenario = "tls-udp+rtpengine"
+        if scenario in self.scenarios and self.left() > 40:
+            rate = max((clean.get(scenario, {}).get("teamsbc") or 100) / 2.0, 25.0)
+            out[f"failover/{scenario}"] = self.event(
+                f"failover/{scenario}", "rtpengine failover (first of two killed)", scenario, rate,
+                kill_first_rtpengine, r"rtpengine .* is down|trying the next instance", rtpengines=2)
+        return out
+
     # ---- all of it
     def run(self) -> int:
         plan = self.plan
@@ -455,6 +506,9 @@ class Bench:
                     continue
                 rate = clean.get(scenario, {}).get("teamsbc") or plan["ladder"][0]
                 self.data["profile"][scenario] = self.profile(scenario, rate)
+            if "events" in self.phases and (self.only is None or "teamsbc" in self.only):
+                say("phase 5: a certificate reload and an rtpengine failover under 50% load")
+                self.data["events"] = self.events(clean)
         except KeyboardInterrupt:
             self.data["skipped"].append("interrupted")
             say("interrupted: writing what there is")
