@@ -28,7 +28,7 @@ console's session cookie, with its CSRF token on POST and DELETE):
     DELETE /trace/{id}
 The web console (teamsbc/console/) is served on the same listener: `/` and `/console/...`.
 
-Config (proposed): `admin: {enabled: true, listen: 127.0.0.1:8080, token: null,
+Config (proposed): `admin: {enabled: true, listen: 127.0.0.1:7061, token: null,
 token_file: null}`. A listener that is not loopback without a token is refused
 (`AdminConfigError`): the API can reload certificates and write SIP traces.
 

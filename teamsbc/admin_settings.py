@@ -2,7 +2,7 @@
 
     admin:
       enabled: true
-      listen: 127.0.0.1:8080     # off loopback only with a token
+      listen: 127.0.0.1:7061     # off loopback only with a token
       token: ...                 # or token_file: /etc/teamsbc/admin.token
 """
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Any
 from .addresses import AddressError, HostPort, is_loopback, parse_hostport
 from .settings import SettingsReader
 
-DEFAULT_LISTEN = ("127.0.0.1", 8080)
+# 7061: no registered service, not in the ephemeral range, unlike 8080 (proxies, dev servers,
+# Jenkins...) a port nothing else on an SBC host is likely to hold; 7061 beside Teams' 5061.
+DEFAULT_LISTEN = ("127.0.0.1", 7061)
 
 
 class AdminConfigError(Exception):
@@ -60,7 +62,7 @@ def parse_admin(r: SettingsReader, section: Any) -> AdminSettings:
         try:
             listen = parse_hostport(v)
         except AddressError as e:
-            r.err("admin.listen", f"{e} (e.g. 127.0.0.1:8080)")
+            r.err("admin.listen", f"{e} (e.g. 127.0.0.1:7061)")
     token = section.get("token")
     if token is not None and (not isinstance(token, str) or len(token) < 16):
         r.err("admin.token", "must be a string of at least 16 characters (e.g. `openssl rand -hex 24`)")

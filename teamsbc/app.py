@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
 from typing import Callable, NamedTuple
 
 from .admin import Observability
+from .collector import YoungOnly
 from .config import Config
 from .entropy import POOL
 from .guard import Guard
@@ -121,14 +121,15 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, stop: asy
             pass
     log.info("teamsbc ready: sbc %s, certificate %s%s", config.sbc.fqdn, describe_certificate(t.certificate),
              f", worker {team.index} of {team.count}" if mesh is not None else "")
-    # Full cyclic collections of a large heap took 35-200 ms under load (bench/results): keep
-    # the start-up heap out of them and collect the young generation less often.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    # The collector walks only young objects (collector.py): a young generation of 50,000
+    # objects and per-call reference cycles made single collections of up to 900 ms (issue 12).
+    collector = YoungOnly(busy=lambda: proxy.active_transactions > 0 or guard.calls.count() > 0)
+    collector.start(loop)
     shell.kick()  # first OPTIONS go out now
     if ready:
         ready.set()
     await stop.wait()
+    collector.stop()
     log.info("stopping: draining %d pending requests", proxy.pending_requests)
     if mesh is not None and mesh.team.primary:
         mesh.broadcast(("T",))  # every worker drains its own calls

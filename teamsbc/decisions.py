@@ -202,3 +202,6 @@ class MediaPlanner(Protocol):
     def for_failed_call(self, request: Request) -> MediaStep | None: ...
 
     def sdp_problem(self, sdp: str, toward: str, transport: str) -> str | None: ...
+
+    def sdp_refusal(self, msg: Message) -> str | None:
+        """Why the SDP of `msg` must never reach rtpengine (a limit it exceeds), or None."""

@@ -12,7 +12,9 @@ verdict; nothing here touches a socket. The shell asks at the door, the proxy pe
                               parse_failed()       counts toward a ban
     before routing a request  screen()             scanner User-Agents, new-request buckets of
                                                    the PBX and Teams, concurrent calls (503)
-    after answering it        answered()           403/404/484 to strangers count toward a ban
+    after answering it        answered()           403/404/484 to strangers count toward a ban; a
+                                                   401/407 to credentials that failed counts toward
+                                                   a digest lockout, for any source
 
 Sources fall in three classes that never share a limit, so a flood from one cannot use up
 what another gets:
@@ -26,6 +28,13 @@ what another gets:
               (security.unknown_source: drop), on the PBX leg; with `403` it gets small per-address
               buckets for every message plus one bucket shared by all strangers (spoofed-source
               floods), and is banned after security.ban_after failures in ban_window seconds
+
+Digest guessing (pbx.auth; svcrack made 5,000 guesses from the PBX address, issue 12): a source
+whose credentials fail security.ban_auth_after times within ban_window is locked out for
+ban_time, whatever its class: its new requests that would need credentials are dropped unheard,
+so no further guess is evaluated. A PBX address locked out this way keeps its dialogs
+(in-dialog requests, responses, OPTIONS pass) but cannot start calls until the lockout ends:
+over UDP a spoofed source can cause that (docs/security.md: use TCP on the PBX leg).
 
 Every drop or refusal increments `counters[reason]` (the metrics' `rate-limit drops`). Tables
 keyed by source are bounded by security.max_sources (the oldest entry goes first), so a flood of
@@ -41,6 +50,7 @@ from typing import Any, Callable
 
 from .config import Config
 from .decisions import PBX, TEAMS, Drop, Reply, Send, Source
+from .digest import AUTH_EXEMPT
 from .events import CallEnded, CallEvent, CallFailed, CallStarted
 from .sip import grammar as g
 from .sip.errors import ParseError
@@ -51,6 +61,7 @@ log = logging.getLogger("teamsbc.guard")
 
 PBX_CLASS, TEAMS_CLASS, STRANGER = "pbx", "teams", "stranger"
 _REFUSALS = {b"403": "refused_403", b"404": "refused_404", b"484": "refused_484"}
+_CHALLENGES = {b"401": "authorization", b"407": "proxy-authorization"}  # -> the header that failed
 _CLASS_CACHE = 4096
 
 
@@ -193,6 +204,8 @@ class Guard:
         self._conns: dict[str, list] = {}           # ip -> open connection handles (is_closing())
         self._failures: OrderedDict[str, deque] = OrderedDict()
         self._bans: OrderedDict[str, float] = OrderedDict()   # ip -> banned until
+        self._auth_failures: OrderedDict[str, deque] = OrderedDict()
+        self._auth_locked: OrderedDict[str, float] = OrderedDict()  # ip -> no credentials checked until
         self._class: dict[tuple[str, str], str] = {}
         self.counters: dict[str, int] = {}
         self.calls = CallTable(self)
@@ -354,6 +367,9 @@ class Guard:
         if not new:
             self.calls.touch(req.call_id, now)
             return None
+        if self._auth_locked and req.method not in AUTH_EXEMPT and self._locked_out(ip, now):
+            self._drop("auth_locked_out", ip)
+            return Drop(f"{ip} is locked out after security.ban_auth_after failed authentications")
         if k != STRANGER and req.method not in ("ACK", "CANCEL") and not self._requests[k].take(ip, now):
             self._drop(f"rate_limited_{k}", ip)
             return self._busy(f"more than security.{k}_rate new requests per second from {ip}")
@@ -362,8 +378,15 @@ class Guard:
         return None
 
     def answered(self, req: Request, src: Source, out: list, now: float) -> None:
-        """What we answered a stranger's request: 403/404/484 count toward a ban."""
+        """What we answered a stranger's request: 403/404/484 count toward a ban. For any
+        source, 401/407 to a request whose credentials failed (not a first challenge, not a
+        stale nonce: RFC 7616 3.5) counts toward a digest lockout."""
         ip = src.addr[0]
+        if self.settings.ban_auth_after:
+            for s in out:
+                if isinstance(s, Send) and s.to is src and s.data[8:11] in _CHALLENGES:
+                    if req.headers.get(_CHALLENGES[s.data[8:11]]) and b"stale=true" not in s.data:
+                        self._auth_failed(ip, now)
         if self.classify(ip, src.leg) != STRANGER:
             return
         for s in out:
@@ -436,6 +459,37 @@ class Guard:
         self._bans[ip] = until
         self._bans.move_to_end(ip)
 
+    def _auth_failed(self, ip: str, now: float) -> None:
+        s = self.settings
+        self._count("auth_failed", ip)
+        q = self._auth_failures.get(ip)
+        if q is None:
+            if len(self._auth_failures) >= s.max_sources:
+                self._auth_failures.popitem(last=False)
+            q = self._auth_failures[ip] = deque()
+        q.append(now)
+        while q and q[0] <= now - s.ban_window:
+            q.popleft()
+        if len(q) >= s.ban_auth_after:
+            del self._auth_failures[ip]
+            if len(self._auth_locked) >= s.max_sources:
+                self._auth_locked.popitem(last=False)
+            self._auth_locked[ip] = now + s.ban_time
+            self._auth_locked.move_to_end(ip)
+            self.counters["auth_lockouts"] = self.counters.get("auth_lockouts", 0) + 1
+            log.warning("locked out %s for %gs after %d failed authentications within %gs: its new "
+                        "requests are dropped unheard (security.ban_auth_after)", ip, s.ban_time,
+                        s.ban_auth_after, s.ban_window)
+
+    def _locked_out(self, ip: str, now: float) -> bool:
+        until = self._auth_locked.get(ip)
+        if until is None:
+            return False
+        if until <= now:
+            del self._auth_locked[ip]
+            return False
+        return True
+
     def _count(self, reason: str, ip: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1
         if reason not in self._noted:
@@ -476,9 +530,12 @@ class Guard:
             if until > now:
                 break  # bans are ordered by expiry: all have the same length
             del self._bans[ip]
+        while self._auth_locked and next(iter(self._auth_locked.values())) <= now:
+            self._auth_locked.popitem(last=False)
         window = self.settings.ban_window
-        for ip in [ip for ip, q in self._failures.items() if not q or q[-1] <= now - window]:
-            del self._failures[ip]
+        for table in (self._failures, self._auth_failures):
+            for ip in [ip for ip, q in table.items() if not q or q[-1] <= now - window]:
+                del table[ip]
         for ip in list(self._conns):
             live = [h for h in self._conns[ip] if not h.is_closing()]
             if live:
@@ -494,4 +551,5 @@ class Guard:
         return {"requests": sum(len(b) for b in self._requests.values()),
                 "connects": sum(len(b) for b in self._connects.values()),
                 "failures": len(self._failures), "bans": len(self._bans), "conns": len(self._conns),
+                "auth_failures": len(self._auth_failures), "auth_locked": len(self._auth_locked),
                 "calls": len(self.calls.active), "class_cache": len(self._class)}

@@ -1,14 +1,19 @@
 """What a proxy checks and stamps about hops, before any routing (RFC 3261 16.3, 16.6, 18.2.1,
-RFC 3581). Pure functions; the proxy passes its legs and its secret."""
+RFC 3581), the 2xx it forwards statelessly (16.7 step 10), and the answer to what cannot be
+parsed. Pure functions; the proxy passes its legs, its secret and its routing policy."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable
 
-from .decisions import Leg
+from .decisions import Leg, RoutingPolicy, Send, Source
+from .sip.build import bare_error_response
 from .sip.errors import ParseError
-from .sip.message import Request
+from .sip.message import Request, Response
 from .sip.uri import Via, parse_via
+
+log = logging.getLogger("teamsbc.proxy")
 
 
 def stamp_via(req: Request, addr: tuple[str, int]) -> None:
@@ -57,3 +62,28 @@ def forwardable(req: Request, loop: str, legs: Iterable[Leg]) -> tuple[int, str]
         if loop in v and is_my_via(v, legs):
             return 482, "Loop Detected"
     return None
+
+
+def stray_2xx(resp: Response, src: Source, policy: RoutingPolicy, legs: Iterable[Leg]) -> list[Send]:
+    """A 2xx to INVITE whose transaction is gone (restart, late retransmission) is still
+    forwarded along its Via (RFC 3261 16.7 step 10 / 18.2.2); anything else is dropped."""
+    if not (200 <= resp.status < 300 and resp.cseq.method == "INVITE"):
+        return []
+    vias = resp.headers.get_all("via")
+    if len(vias) < 2 or not is_my_via(vias[0], legs):
+        return []
+    up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
+    up.headers.pop_first("via")
+    dest = policy.stray_destination(up, src)
+    if dest is None:
+        return []
+    policy.egress(up, dest.leg, None)
+    return [Send(up.to_bytes(), dest)]
+
+
+def answer_unparsable(data: bytes, src: Source, err: ParseError) -> list[Send]:
+    """Bad input never crashes anything: 400 when a response can be built (RFC 3261 16.3:
+    the request is not forwarded), else only a log line."""
+    resp = bare_error_response(data, err)
+    log.info("unparsable message from %s:%d (%s): %s", src.addr[0], src.addr[1], src.transport, err.reason)
+    return [Send(resp, src)] if resp is not None else []

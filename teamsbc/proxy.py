@@ -19,14 +19,14 @@ from .decisions import (PBX, TEAMS, Destination, Drop, Forward, Gate, Leg, Media
                         MediaStep, Reply, RoutingPolicy, Send, Source, Target)
 from .events import CallAnswered, CallEnded, CallEvent, CallFailed, CallStarted, Counters
 from .dialog_end import ack_and_bye
-from .hops import forwardable, is_my_via, loop_hash, stamp_via
+from .hops import answer_unparsable, forwardable, loop_hash, stamp_via, stray_2xx
 from .pbx_leg import TIMERS, PbxLeg
 from .relay import Event as E
 from .relay import MediaOp, Relay
 from .relay import State as S
 from .sip.build import branch as make_branch
-from .sip.build import bare_error_response, build_cancel
-from .sip.errors import LocalProtocolError, ParseError, ProtocolError
+from .sip.build import build_cancel
+from .sip.errors import LocalProtocolError, MessageTooLarge, ParseError, ProtocolError
 from .sip.message import Request, Response, make_response, parse_message, retry_after
 from .sip.transaction import (T1, ClientTransaction, Deliver, TimedOut, Transmit, TransportFailed,
                               client_key, server_key)
@@ -69,7 +69,7 @@ class Proxy:
         except ParseError as e:
             self.stats["parse_errors"] += 1
             gate.parse_failed(src, now)
-            self._answer_unparsable(data, src, e, out)
+            out.extend(answer_unparsable(data, src, e))
             return out
         try:
             if isinstance(msg, Request):
@@ -214,6 +214,8 @@ class Proxy:
             self.t.server.pop(key, None)
             return
         new_call = req.method == "INVITE" and req.to_addr.tag is None
+        if isinstance(decision, Forward):  # an SDP over a media limit: nothing of it to rtpengine
+            decision = self._sdp_refused(decision.request) or decision
         if isinstance(decision, Reply):
             if new_call and decision.status >= 300 and decision.status != 403:
                 self._call_started(req, src, None, now)  # refused calls have a record too
@@ -261,12 +263,11 @@ class Proxy:
         """The caller (or the SBC) gives up the current branch: CANCEL now if it has answered
         provisionally, else on its first provisional (RFC 3261 9.1)."""
         sent_before = relay.state is S.CANCELLING
-        relay.on(E.CANCELLED, now)
-        self.t.schedule(relay)
+        self.t.advance(relay, E.CANCELLED, now)
         ctx = relay.client
         if not sent_before and not relay.done and ctx is not None and ctx.state == "proceeding":
             self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
-            relay.on(E.CANCEL_SENT, now)
+            self.t.advance(relay, E.CANCEL_SENT, now)
 
     def _send_cancel(self, ctx: ClientTransaction, dest: Destination | None, now: float, out: list,
                      identity: str | None = None) -> None:
@@ -287,6 +288,9 @@ class Proxy:
             why = decision.log if isinstance(decision, Drop) else (
                 decision.log or decision.reason if isinstance(decision, Reply) else "no target")
             log.info("ACK from %s:%d not routable: %s call_id=%s", *src.addr, why, ack.call_id)
+            return
+        if self._sdp_refused(decision.request):  # an ACK cannot be answered: the callee will end it
+            log.warning("dropped ACK from %s:%d: SDP over a media limit call_id=%s", *src.addr, ack.call_id)
             return
         if self.pbx.ack(ack, src, decision, now, out):
             return  # the answer to the SBC's own offer (late_offer.py)
@@ -311,7 +315,11 @@ class Proxy:
         incoming_branch = ack.top_via.branch or ""
         branch = make_branch(hashlib.blake2s((incoming_branch + self._secret).encode(),
                                              digest_size=8).hexdigest())
-        self._prepare_branch(req, target, branch, None, decision.identity)
+        try:
+            self._prepare_branch(req, target, branch, None, decision.identity)
+        except MessageTooLarge as e:
+            log.warning("dropped ACK: %s call_id=%s", e.detail, ack.call_id)
+            return
         out.append(Send(req.to_bytes(), target.dest))
 
     # ---------------------------------------------------------------- branches
@@ -324,12 +332,16 @@ class Proxy:
         req = Request(d.request.method, d.request.uri, d.request.headers.copy(), d.request.body)
         req.share_views(d.request)
         branch = make_branch(f"{relay.loop}.{self.entropy(5).hex()}")
-        self._prepare_branch(req, target, branch, d.record_route, d.identity)
+        try:
+            self._prepare_branch(req, target, branch, d.record_route, d.identity)
+        except MessageTooLarge as e:  # RFC 3261 18.1.1: never a datagram the network fragments
+            log.warning("refused %s: %s call_id=%s", req.method, e.detail, relay.call_id)
+            self.final_local(relay, e.status, e.reason, now, out, [("Warning", f'399 sbc "{e.detail}"')])
+            return
         ctx = ClientTransaction(req, reliable=target.dest.transport != "udp", now=now)
         relay.client, relay.dest = ctx, target.dest
         self.t.add_client(relay, ctx, target.dest)
-        relay.on(E.BRANCH_SENT, now)
-        self.t.schedule(relay)
+        self.t.advance(relay, E.BRANCH_SENT, now)
         self._client_events(relay, ctx, target.dest, ctx.start(), now, out)
 
     def _prepare_branch(self, req: Request, target: Target, branch: str,
@@ -408,8 +420,7 @@ class Proxy:
         finally:  # even if relaying raised, the transaction table stays true
             if ctx.terminated:
                 self.t.client.pop(ctx.key, None)
-            else:
-                self.t.schedule(ctx)
+            self.t.schedule(ctx)  # a terminated one leaves the heap too
 
     def _on_branch_response(self, relay: Relay, ctx: ClientTransaction, resp: Response,
                             now: float, out: list) -> None:
@@ -422,8 +433,7 @@ class Proxy:
                 log.error("late 2xx from an abandoned branch call_id=%s", relay.call_id)
             return
         if ctx is relay.client and status < 200:
-            relay.on(E.BRANCH_RESPONDED, now)  # no failover on silence any more; Timer C (re)starts
-            self.t.schedule(relay)
+            self.t.advance(relay, E.BRANCH_RESPONDED, now)  # no failover on silence any more; Timer C (re)starts
         if status == 100:
             return
         if status < 200 and relay.is_invite and not self.pbx.provisional(relay, ctx, resp, now, out):
@@ -437,6 +447,11 @@ class Proxy:
             if relay.answering is not None:
                 relay.queue.append((ctx, resp))  # keep the order of responses
                 return
+            refused = self._sdp_refused(resp) if 180 <= resp.status < 300 else None
+            if refused is not None:  # the callee's SDP never reaches rtpengine either
+                log.warning("%d refused, ending the call: %s call_id=%s", resp.status, refused.log, relay.call_id)
+                self._teardown(relay, ctx, resp, now, out, refused)
+                return
             step = self.pbx.response_step(relay, ctx, resp, now)
             if step is not None:
                 relay.answering = self.await_media(MediaOp.ANSWER, (relay, ctx, resp), step, out)
@@ -449,18 +464,16 @@ class Proxy:
         if status < 200:
             if relay.state is S.CANCEL_PENDING and ctx is relay.client and ctx.state == "proceeding":
                 self._send_cancel(ctx, relay.dest, now, out, relay.decision.identity)
-                relay.on(E.CANCEL_SENT, now)
-                self.t.schedule(relay)
+                self.t.advance(relay, E.CANCEL_SENT, now)
             if relay.done:
                 return
-            relay.on(E.RELAYED_PROVISIONAL, now)
-            self.t.schedule(relay)
+            self.t.advance(relay, E.RELAYED_PROVISIONAL, now)
             self._upstream(relay, resp, now, out)
             return
         if status < 300:
             first = not relay.done
             self._upstream(relay, resp, now, out)  # every 2xx goes up (RFC 6026)
-            relay.on(E.FINAL_SENT, now)
+            self.t.advance(relay, E.FINAL_SENT, now)
             if first and relay.is_invite and relay.request.to_addr.tag is None:
                 self.event(CallAnswered(relay.call_id), now)
             if first:
@@ -477,7 +490,7 @@ class Proxy:
             self.stats["failovers"] += 1
             self._next_target(relay, now, out)
             return
-        relay.on(E.FINAL_SENT, now)
+        self.t.advance(relay, E.FINAL_SENT, now)
         self._upstream(relay, resp, now, out)
         self._failed_upstream(relay, resp.status, resp.reason, now)
         self.media_forget(relay, out)
@@ -526,7 +539,8 @@ class Proxy:
             qctx, qresp = relay.queue.pop(0)
             self._media_then_relay(relay, qctx, qresp, now, out)
 
-    def _teardown(self, relay: Relay, ctx: ClientTransaction, resp: Response, now: float, out: list) -> None:
+    def _teardown(self, relay: Relay, ctx: ClientTransaction, resp: Response, now: float, out: list,
+                  answer: Reply | None = None) -> None:
         """The call cannot have media: end it on both legs (never a call without media)."""
         relay.queue.clear()
         if resp.status >= 200:
@@ -534,9 +548,15 @@ class Proxy:
         elif ctx.state == "proceeding" and not relay.done:
             self.cancel_branch(relay, now, out)
         if not relay.done:
-            self.final_local(relay, 503, "Service Unavailable", now, out)
+            answer = answer or Reply(503, "Service Unavailable")
+            self.final_local(relay, answer.status, answer.reason, now, out, answer.headers)
         else:
             self.media_forget(relay, out)
+
+    def _sdp_refused(self, msg: Request | Response) -> Reply | None:
+        """488 (RFC 3261 21.4.26) with a Warning naming the media.max_* limit the SDP exceeds."""
+        why = self.media.sdp_refusal(msg) if self.media is not None else None
+        return None if why is None else Reply(488, "Not Acceptable Here", [("Warning", f'399 sbc "{why}"')], why)
 
     def media_forget(self, relay: Relay, out: list) -> None:
         if self.media is not None:
@@ -548,7 +568,7 @@ class Proxy:
     def final_local(self, relay: Relay, status: int, reason: str, now: float, out: list,
                     headers: list | None = None) -> None:
         """Answer the relayed request ourselves and forget its media."""
-        relay.on(E.FINAL_SENT, now)
+        self.t.advance(relay, E.FINAL_SENT, now)
         self.pbx.respond(relay, self.local_response(
             relay.request, Reply(status, reason, headers or []), relay.src.leg), now, out)
         self._failed_upstream(relay, status, reason, now)
@@ -578,57 +598,38 @@ class Proxy:
                 raise ParseError("Response without the sender's Via")
             parse_via(sender_via)
         except ParseError as e:
-            log.warning("cannot relay %d %s: %s call_id=%s", resp.status, resp.reason, e.reason, relay.call_id)
+            detail = e.detail if isinstance(e, MessageTooLarge) else e.reason
+            log.warning("cannot relay %d %s: %s call_id=%s", resp.status, resp.reason, detail, relay.call_id)
             if resp.status < 200:
                 return
             if resp.status < 300 and relay.client is not None:
                 self.end_answered_branch(relay, relay.client, resp, now, out)
-            up = self.local_response(relay.request, Reply(502, "Bad Gateway"), relay.src.leg)
+            up = self.local_response(relay.request, Reply(502, "Bad Gateway", [("Warning", f'399 sbc "{detail}"')]),
+                                     relay.src.leg)
         self.pbx.respond(relay, up, now, out)
 
     # ---------------------------------------------------------------- responses
     def _on_response(self, resp: Response, src: Source, now: float, out: list) -> None:
         entry = self.t.client.get(client_key(resp))
         if entry is None:
-            self._stray_response(resp, src, out)
+            out.extend(stray_2xx(resp, src, self.policy, self.legs.values()))
             return
         owner, ctx, dest = entry
         self._client_events(owner, ctx, dest, ctx.receive_response(resp, now), now, out)
-
-    def _stray_response(self, resp: Response, src: Source, out: list) -> None:
-        """A 2xx to INVITE whose transaction is gone (restart, late retransmission) is still
-        forwarded along its Via (RFC 3261 16.7 step 10 / 18.2.2); anything else is dropped."""
-        if not (200 <= resp.status < 300 and resp.cseq.method == "INVITE"):
-            return
-        vias = resp.headers.get_all("via")
-        if len(vias) < 2 or not is_my_via(vias[0], self.legs.values()):
-            return
-        up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
-        up.headers.pop_first("via")
-        dest = self.policy.stray_destination(up, src)
-        if dest is None:
-            return
-        self.policy.egress(up, dest.leg, None)
-        out.append(Send(up.to_bytes(), dest))
 
     # ---------------------------------------------------------------- local answers
     def local_response(self, req: Request, reply: Reply, leg: str) -> Response:
         resp = make_response(req, reply.status, reply.reason, self._tag(req))
         for name, value in reply.headers:
             resp.headers.add(name.lower(), value)
-        self.policy.egress(resp, leg, None)
+        try:
+            self.policy.egress(resp, leg, None)
+        except MessageTooLarge:
+            pass  # our own answer echoes the sender's Vias (8.2.6.2): as large as what it sent
         return resp
 
     def _tag(self, req: Request) -> str:
         return hashlib.blake2s((req.call_id + self._secret).encode(), digest_size=6).hexdigest()
-
-    def _answer_unparsable(self, data: bytes, src: Source, err: ParseError, out: list) -> None:
-        """Bad input never crashes anything: answer 400 when a response can be built, else log."""
-        resp = bare_error_response(data, err)
-        log.info("unparsable message from %s:%d (%s): %s", src.addr[0], src.addr[1], src.transport,
-                 err.reason)
-        if resp is not None:
-            out.append(Send(resp, src))
 
     # ---------------------------------------------------------------- call events
     def event(self, ev: CallEvent, now: float) -> None:

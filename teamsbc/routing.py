@@ -24,12 +24,12 @@ from .config import Config
 from .trunk_settings import TenantSection
 from .decisions import (PBX, TEAMS, Destination, DialogHop, Drop, Forward, Leg, Reply, Source,
                         Target)
-from .digest import DigestAuth
+from .digest import AUTH_EXEMPT, DigestAuth
 from .health import HealthBook
 from .pbx_requests import allow_toward_pbx, info_answer, update_answer
 from .sealing import Keyring
 from .sip.build import branch, new_request
-from .sip.errors import ParseError
+from .sip.errors import MessageTooLarge, ParseError
 from .sip.message import Message, Request, Response
 from .sip.uri import SipUri, format_params, parse_name_addr, parse_uri
 from .teams import (USER_AGENT, X_MS_SBC, Forged, TeamsIdentity, e164_address,
@@ -64,6 +64,7 @@ class Router:
         self.pbx_dest = Destination(PBX, pbx.transport, pbx.address.host, pbx.address.port)
         self.tenants = config.teams.tenants
         self.hiding = config.security.topology_hiding
+        self.udp_limit = pbx.max_udp_size if pbx.transport == "udp" else 0
         self.auth = DigestAuth(config.pbx.auth) if config.pbx.auth else None
         self.pbx_hosts = {pbx.address.host} | {t.pbx.host for t in self.tenants.values() if t.pbx}
         self.pbx_rr = f"<sip:{pbx.listen}{';transport=tcp' if pbx.transport == 'tcp' else ''};lr;r2=on>"
@@ -82,7 +83,7 @@ class Router:
         if src.leg == PBX and src.addr[0] not in self.pbx_hosts:
             return Reply(403, "Forbidden", log=f"{src.addr[0]} is not a configured PBX")
         if src.leg == PBX and self.auth is not None and req.to_addr.tag is None \
-                and req.method not in ("ACK", "CANCEL", "OPTIONS"):
+                and req.method not in AUTH_EXEMPT:
             refusal = self.authenticate(req, now)
             if refusal is not None:
                 return refusal
@@ -327,6 +328,18 @@ class Router:
             rewrite_toward_teams(msg, self.teams, identity)
         elif self.hiding and answering is not None and isinstance(msg, Response):
             self.unhide_response_toward_pbx(msg, answering.headers.get_all("via"))
+        if leg == PBX and self.udp_limit:
+            self.check_udp_size(msg)
+
+    def check_udp_size(self, msg: Message) -> None:
+        """RFC 3261 18.1.1: a message that would leave as a datagram larger than the path takes
+        unfragmented is never sent (a UDP PBX leg has no TCP to fall back to): MessageTooLarge,
+        which the proxy answers 513 with a Warning (a request) or 502 (a response)."""
+        size = msg.wire_size()
+        if size > self.udp_limit:
+            what = msg.method if isinstance(msg, Request) else f"{msg.status} response"
+            raise MessageTooLarge(f"{what} of {size} bytes exceeds pbx.max_udp_size ({self.udp_limit}) "
+                                  "for a UDP PBX trunk: use pbx.transport tcp")
 
     def stray_destination(self, resp: Response, src: Source) -> Destination | None:
         """Where a 2xx without transaction goes: the other side, by its Via."""

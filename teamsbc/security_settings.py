@@ -57,6 +57,7 @@ class SecuritySection:
     ban_after: int = 10                   # failures within ban_window -> banned for ban_time
     ban_window: float = 60.0
     ban_time: float = 600.0
+    ban_auth_after: int = 5               # failed digest attempts within ban_window -> locked out for ban_time
     max_calls: int = 1000                 # concurrent calls; beyond: 503 + Retry-After
     max_calls_per_tenant: int = 0         # 0 = only max_calls
     retry_after: int = 30
@@ -66,6 +67,10 @@ class SecuritySection:
     max_line_length: int = 8_192
     max_sources: int = 50_000             # per-source entries kept (buckets, failures, bans)
     report_interval: float = 60.0         # counters logged this often when they changed; 0 = never
+    header_timeout: float = 10.0          # a message must be complete this long after its first byte,
+                                          # and a connection we accepted must bring its first one
+    idle_timeout: float = 120.0           # an accepted connection with no message and no transaction
+                                          # this long is closed (Teams drops idle ones at 2 min too)
     topology_hiding: bool = False
 
 
@@ -73,9 +78,10 @@ _SECURITY_KEYS = {"teams_ranges", "unknown_source", "scanner_user_agents", "stra
                   "stranger_burst", "strangers_rate", "strangers_burst", "pbx_rate", "pbx_burst",
                   "teams_rate", "teams_burst", "stranger_connect_rate", "stranger_connect_burst",
                   "teams_connect_rate", "teams_connect_burst", "stranger_max_connections",
-                  "teams_max_connections", "ban_after", "ban_window", "ban_time", "max_calls",
+                  "teams_max_connections", "ban_after", "ban_window", "ban_time", "ban_auth_after", "max_calls",
                   "max_calls_per_tenant", "retry_after", "call_idle_timeout", "max_message_size",
                   "max_headers", "max_line_length", "max_sources", "report_interval",
+                  "header_timeout", "idle_timeout",
                   "topology_hiding"}
 
 
@@ -131,6 +137,7 @@ def parse_security(r: SettingsReader, data: dict, cloud: str) -> SecuritySection
         ban_after=whole("ban_after", 0, 1_000_000),
         ban_window=num("ban_window", 1, 86400),
         ban_time=num("ban_time", 0, 30 * 86400),
+        ban_auth_after=whole("ban_auth_after", 0, 1_000_000),
         max_calls=whole("max_calls", 0, 1_000_000),
         max_calls_per_tenant=whole("max_calls_per_tenant", 0, 1_000_000),
         retry_after=whole("retry_after", 1, 3600),
@@ -140,5 +147,7 @@ def parse_security(r: SettingsReader, data: dict, cloud: str) -> SecuritySection
         max_line_length=whole("max_line_length", 256, g.MAX_LINE_LENGTH),
         max_sources=whole("max_sources", 100, 10_000_000),
         report_interval=num("report_interval", 0, 86400),
+        header_timeout=num("header_timeout", 1, 300),
+        idle_timeout=num("idle_timeout", 10, 86400),
         topology_hiding=r.bool_(s, "security", "topology_hiding", False),
     )

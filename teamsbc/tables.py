@@ -6,12 +6,13 @@
             proxied request, a result callback for a request we originated, or None (CANCEL)
     timers  one heap of everything with a deadline: transactions, relays, the guard, the pinger
 
-Anything on the heap has `next_timer() -> float | None` and `terminated`; stale heap entries
-are skipped when popped (no removal from the middle of the heap). A stale entry still holds its
-object: a relay that ended keeps its Timer C entry for 180 s, and with it the requests and
-transactions of the call. So the heap is compacted (stale entries dropped) whenever it has
-doubled since the last compaction: O(1) amortised per push, and what the proxy holds follows
-what is alive (bench/core.py --hold).
+Anything on the heap has `next_timer() -> float | None` and `terminated`. Each object has at
+most one live heap entry; `schedule` moves it when the deadline changes and empties it when the
+object has none left or is terminated (the heapq "mark as removed" recipe). An emptied entry
+lets go of its object at once: a relay that finished is freed when its call is done, not
+when its old Timer C (3 minutes) comes up (issue 12: 18,000 finished calls were held that
+way at 100 calls/s). Emptied entries are dropped when popped, or all at once when they
+outnumber the live ones.
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from .sip.transaction import ClientTransaction, ServerTransaction, TimedOut, Tra
 
 log = logging.getLogger("teamsbc.proxy")
 
-COMPACT_MIN = 1024   # heap entries before the first compaction
 
 
 class ServerEntry:
@@ -72,14 +72,18 @@ class Expire:
         return []
 
 
+COMPACT_AFTER = 1024  # emptied heap entries tolerated before a rebuild (when also > half)
+
+
 class Tables:
     def __init__(self, stats: dict[str, int]):
         self.stats = stats   # the proxy's counters ("timeouts")
         self.server: dict[tuple, ServerEntry] = {}
         self.client: dict[tuple, tuple[Any, ClientTransaction, Destination]] = {}
-        self._timers: list[tuple[float, int, Any]] = []
+        self._timers: list[list] = []            # [deadline, seq, object or None when emptied]
+        self._entry: dict[Any, list] = {}        # object -> its live heap entry
+        self._emptied = 0
         self._seq = itertools.count()
-        self._compact_at = COMPACT_MIN
 
     # --- server side
     def new_server(self, req: Request, src: Source, key: tuple, now: float) -> ServerEntry:
@@ -99,13 +103,21 @@ class Tables:
                 self.stats["timeouts"] += 1
                 log.warning("no ACK for final response call_id=%s", sv.st.request.call_id)
         if sv.st.terminated:
-            self.server.pop(sv.key, None)
-        else:
-            self.schedule(sv)
+            if self.server.get(sv.key) is sv:
+                del self.server[sv.key]
+            # The relay keeps its server entry (late 2xx still go through it, RFC 6026); the
+            # entry lets go of the relay, so the two never form a cycle that only the
+            # cyclic collector could free.
+            sv.relay = None
+        self.schedule(sv)
 
     def relay_of(self, key: tuple) -> Any:
         sv = self.server.get(key)
         return sv.relay if sv is not None else None
+
+    def serves(self, conn: Any) -> bool:
+        """A server transaction in progress answers on this connection (the shell's idle rule)."""
+        return any(sv.src.conn is conn for sv in self.server.values())
 
     def relays(self) -> Iterator[Any]:
         return (sv.relay for sv in self.server.values() if sv.relay is not None)
@@ -118,46 +130,64 @@ class Tables:
         self.schedule(Expire(self.client, ctx, at))
 
     # --- the heap
-    def schedule(self, obj: Any) -> None:
-        t = obj.next_timer()
-        if t is not None and not obj.terminated:
-            heapq.heappush(self._timers, (t, next(self._seq), obj))
-            if len(self._timers) > self._compact_at:
-                self._compact()
+    def advance(self, relay: Any, event: Any, now: float) -> None:
+        """Apply an event to a relay (relay.Relay.on) and keep the heap true to its deadline:
+        a finished relay leaves the heap at once."""
+        relay.on(event, now)
+        self.schedule(relay)
 
-    def _compact(self) -> None:
-        """Keep one entry per live object, at its current deadline."""
-        seen: set[int] = set()
-        live = []
-        for entry in self._timers:
-            obj = entry[2]
-            if obj.terminated or obj.next_timer() != entry[0] or id(obj) in seen:
-                continue
-            seen.add(id(obj))
-            live.append(entry)
-        heapq.heapify(live)
-        self._timers = live
-        self._compact_at = max(COMPACT_MIN, 2 * len(live))
+    def schedule(self, obj: Any) -> None:
+        """Put `obj` on the heap at its next_timer(), move it there, or take it off (no
+        deadline, terminated). Call it after anything that may change an object's deadline."""
+        t = obj.next_timer()
+        old = self._entry.get(obj)
+        if old is not None:
+            if t is not None and old[0] == t and not obj.terminated:
+                return
+            old[2] = None
+            del self._entry[obj]
+            self._emptied += 1
+        if t is not None and not obj.terminated:
+            entry = [t, next(self._seq), obj]
+            self._entry[obj] = entry
+            heapq.heappush(self._timers, entry)
+        if self._emptied > COMPACT_AFTER and 2 * self._emptied > len(self._timers):
+            self._timers = [e for e in self._timers if e[2] is not None]
+            heapq.heapify(self._timers)
+            self._emptied = 0
 
     def next_timer(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        heap = self._timers
+        while heap and heap[0][2] is None:
+            heapq.heappop(heap)
+            self._emptied -= 1
+        return heap[0][0] if heap else None
 
     def due(self, now: float) -> Iterator[Any]:
         """Pop every live object whose deadline has come (its owner handles it, then
         reschedules it with `schedule`)."""
-        heap = self._timers
-        while heap and heap[0][0] <= now:
+        while True:
+            heap = self._timers  # a schedule() by the owner may have rebuilt it
+            if not heap or heap[0][0] > now:
+                return
             _, _, obj = heapq.heappop(heap)
+            if obj is None:
+                self._emptied -= 1
+                continue
+            del self._entry[obj]
             if obj.terminated:
                 continue
             due = obj.next_timer()
-            if due is None or due > now:
+            if due is None:
+                continue
+            if due > now:
+                self.schedule(obj)  # re-armed later without being rescheduled
                 continue
             yield obj
 
     def timer_objects(self) -> list[Any]:
         """What the heap holds (tests: nothing stale piles up)."""
-        return [t[2] for t in self._timers]
+        return [t[2] for t in self._timers if t[2] is not None]
 
     @property
     def active(self) -> int:

@@ -14,7 +14,6 @@ import logging
 import socket
 import ssl
 import time
-from collections import deque
 from typing import Any
 
 from .addresses import HostPort, bind_udp, grow_receive_buffer
@@ -27,234 +26,13 @@ from .media.stats import parse_stats
 from .proxy import Proxy
 from .sip.build import bare_error_response
 from .sip.errors import ParseError
-from .sip.message import KEEPALIVE_PING, StreamFramer
 from .media.pool import MediaPool
 from .workers import Mesh, call_id_of
 
 log = logging.getLogger("teamsbc.transport")
 
-CONNECT_TIMEOUT = 5.0
-TLS_HANDSHAKE_TIMEOUT = 5.0
-MAINTENANCE_INTERVAL = 5.0
-
-
-class TeamsIdentityError(Exception):
-    """The peer's certificate verified but does not carry a Teams name."""
-
-
-class StreamConn(asyncio.Protocol):
-    """One TCP or TLS connection, inbound or outbound, framed by Content-Length."""
-
-    def __init__(self, shell: "Shell", leg: str, proto: str, key: tuple | None = None):
-        self.shell, self.leg, self.proto, self.key = shell, leg, proto, key
-        shell.conn_seq += 1
-        self.ident = shell.conn_seq          # how another worker names it (workers.py "W")
-        self.framer = StreamFramer()
-        self.transport: asyncio.Transport | None = None
-        self.src: Source | None = None
-        self.closed = False
-        self.born = shell.loop.time()
-        self.last_tx = self.born
-        self.tokens: set = set()            # client transactions whose requests went out here
-        self._early = bytearray()           # bytes that arrived before connection_made (start_tls)
-        self._keepalive: asyncio.TimerHandle | None = None
-        self._out: list[bytes] = []         # written this loop turn, sent together (Shell.flush)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if (self.key is None and self.leg == PBX and not self.shell.door.admit_connection(
-                transport.get_extra_info("peername") or ("?", 0), PBX, self.shell.loop.time(), transport)):
-            transport.abort()  # not a configured PBX (security.unknown_source: drop), banned or over a limit
-            return
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername") or ("?", 0)
-        self.src = Source(self.leg, self.proto, (peer[0], peer[1]), self)
-        local = transport.get_extra_info("sockname") or ("?", 0)
-        self.local = (local[0], local[1])
-        self.shell.conns.add(self)
-        self.shell.by_ident[self.ident] = self
-        if self.key is not None and self.leg == TEAMS:
-            self._arm_keepalive()
-        if self.key is None and self.leg == PBX:
-            # the PBX's own connection also carries our requests to that address (no second one)
-            self.key = (PBX, self.proto, peer[0], peer[1])
-            self.shell.adopt(self)
-        if self.key is None:
-            log.debug("connection from %s:%d on the %s leg (%s)", peer[0], peer[1], self.leg, self.proto)
-
-    def data_received(self, data: bytes) -> None:
-        if self.src is None:
-            self._early += data
-            return
-        try:
-            frames = self.framer.feed(data)
-        except ParseError as e:
-            self.shell.framing_error(self, data, e)
-            return
-        for frame in frames:
-            if frame is KEEPALIVE_PING:
-                self.write(b"\r\n")  # RFC 5626 4.4.1 pong
-            else:
-                self.shell.deliver(frame, self.src)  # type: ignore[arg-type]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        self.shell.conn_lost(self)
-
-    def flush_early(self) -> None:
-        if self._early:
-            data, self._early = bytes(self._early), bytearray()
-            self.data_received(data)
-
-    def write(self, data: bytes) -> bool:
-        """Queue `data`; everything written to this connection in one loop turn leaves in one
-        TLS record and one send (Shell.flush)."""
-        if self.closed or self.transport is None or self.transport.is_closing():
-            return False
-        if not self._out:
-            self.shell.dirty(self)
-        self._out.append(data)
-        self.last_tx = self.shell.loop.time()
-        return True
-
-    def flush(self) -> None:
-        out = self._out
-        if not out:
-            return
-        self._out = []
-        if not self.closed and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def _arm_keepalive(self) -> None:
-        interval = self.shell.config.teams.keepalive_interval
-        self._keepalive = self.shell.loop.call_later(interval, self._send_keepalive)
-
-    def _send_keepalive(self) -> None:
-        """RFC 5626 double-CRLF ping on our own idle connections: Teams drops a connection idle
-        for 2 minutes, and only keep-alives sent by the SBC reset that timer (reference 2)."""
-        if self.closed:
-            return
-        if self.shell.loop.time() - self.last_tx >= self.shell.config.teams.keepalive_interval - 0.5:
-            self.write(b"\r\n\r\n")
-        self._arm_keepalive()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.flush()
-            self.transport.close()
-
-
-class TlsAcceptor(asyncio.Protocol):
-    """The plain-TCP first moments of a connection Teams opens. We start TLS ourselves (instead
-    of create_server(ssl=...)) so that a refused handshake is logged with its reason."""
-
-    def __init__(self, shell: "Shell"):
-        self.shell = shell
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self.shell.door.admit_connection(
-                transport.get_extra_info("peername") or ("?", 0), TEAMS, self.shell.loop.time(), transport):
-            transport.abort()  # outside Teams' ranges, banned or over a limit: not even a TLS handshake
-            return
-        transport.pause_reading()  # type: ignore[attr-defined]  # the ClientHello waits in the socket
-        self.shell.loop.create_task(self.shell.accept_tls(transport))  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
-        pass
-
-
-READ_BATCH = 64  # datagrams read per wake-up at most (then other sockets get their turn)
-
-
-class UdpSocket:
-    """The PBX leg's UDP socket, driven without asyncio's datagram transport: one wake-up
-    reads every datagram waiting (up to READ_BATCH), where the transport reads one per loop
-    turn, and a send is one sendto. `read=False`: a worker that only sends from it (worker 0
-    reads it; sbc.workers)."""
-
-    def __init__(self, shell: "Shell", leg: str, sock: socket.socket, *, read: bool = True):
-        sock.setblocking(False)
-        self.shell, self.leg, self.sock = shell, leg, sock
-        self.transport = self
-        self._closing = False
-        self._reading = read
-        self._backlog: deque[tuple[bytes, tuple]] = deque()
-        if read:
-            shell.loop.add_reader(sock.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        shell, leg, recv = self.shell, self.leg, self.sock.recvfrom
-        door = shell.door
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:  # an ICMP error reported on the socket
-                log.debug("udp error on the %s leg: %s", leg, e)
-                continue
-            if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
-                continue  # keep-alive noise on UDP
-            if not door.admit_address(addr[0], leg, shell.loop.time()):
-                continue  # not a configured PBX or banned: dropped before parsing, counted
-            shell.deliver(data, Source(leg, "udp", (addr[0], addr[1])))
-
-    def sendto(self, data: bytes, addr: tuple) -> None:
-        if self._closing:
-            return
-        if self._backlog:
-            self._backlog.append((data, addr))
-            return
-        try:
-            self.sock.sendto(data, addr)
-        except (BlockingIOError, InterruptedError):
-            self._backlog.append((data, addr))
-            self.shell.loop.add_writer(self.sock.fileno(), self._writable)
-        except OSError as e:  # unreachable network and the like: UDP retransmission covers it
-            log.debug("udp send to %s failed: %s", addr, e)
-
-    def _writable(self) -> None:
-        while self._backlog:
-            data, addr = self._backlog[0]
-            try:
-                self.sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                log.debug("udp send to %s failed: %s", addr, e)
-            self._backlog.popleft()
-        self.shell.loop.remove_writer(self.sock.fileno())
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        loop = self.shell.loop
-        if self._reading:
-            loop.remove_reader(self.sock.fileno())
-        if self._backlog:
-            loop.remove_writer(self.sock.fileno())
-        self.sock.close()
-
-
-class RemoteConn:
-    """A connection another worker holds (sbc.workers): what is written here goes there."""
-
-    __slots__ = ("mesh", "worker", "ident", "local", "closed")
-
-    def __init__(self, mesh: Mesh, worker: int, ident: int, local: tuple):
-        self.mesh, self.worker, self.ident, self.local = mesh, worker, ident, local
-        self.closed = False
-
-    def write(self, data: bytes) -> bool:
-        if self.worker not in self.mesh.team.channels:
-            return False
-        self.mesh.send(self.worker, ("W", self.ident, data))
-        return True
+from .connections import (CONNECT_TIMEOUT, MAINTENANCE_INTERVAL, TLS_HANDSHAKE_TIMEOUT, RemoteConn,
+                          SourceLog, StreamConn, TeamsIdentityError, TlsAcceptor, UdpSocket)
 
 
 class Shell:
@@ -283,7 +61,9 @@ class Shell:
         self._retiring: set[StreamConn] = set()
         self._udp_local = (config.pbx.listen.host, config.pbx.listen.port)
         self._maintenance: asyncio.TimerHandle | None = None
-        self.stats = {"tls_handshakes": 0, "tls_failures": 0, "cert_reloads": 0}
+        self.stats = {"tls_handshakes": 0, "tls_failures": 0, "cert_reloads": 0, "conns_timed_out": 0}
+        self._refusals = SourceLog(logging.WARNING)   # failed handshakes and refused peers
+        self._timeouts = SourceLog(logging.INFO)      # connections closed for being slow or idle
         self.certificate = CertificateWatch(config.teams.certificate, config.teams.private_key,
                                             [server_ctx, client_ctx], on_reloaded=self._new_certificate)
 
@@ -421,6 +201,7 @@ class Shell:
                 raise RuntimeError("no rtpengine configured")
             result: Any = await self.media.request(call.command)
         except Exception as e:  # NgError, NgTimeout, NoMediaAvailable...: the core decides
+            e.__traceback__ = None  # kept as a result: no frame <-> traceback cycle per failure
             result = e
             log.warning("rtpengine %s failed: %s call_id=%s", call.command.get("command"), e,
                         call.command.get("call-id"))
@@ -457,8 +238,10 @@ class Shell:
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT), TLS_HANDSHAKE_TIMEOUT + 1)
         except (OSError, asyncio.TimeoutError, ConnectionError) as e:
             self.stats["tls_failures"] += 1
-            log.warning("TLS handshake from %s:%d refused: %s", peer[0], peer[1], _describe(e))
-            self.door.handshake_failed(peer, self.loop.time())
+            now = self.loop.time()
+            why = _describe(e)
+            self._refusals.note(peer[0], why, now, f"TLS handshake from {peer[0]}:{peer[1]} refused: {why}")
+            self.door.handshake_failed(peer, now)
             raw.close()
             return
         if tls is None:
@@ -467,8 +250,9 @@ class Shell:
         problem = self.teams_identity_problem(tls.get_extra_info("peercert"))
         if problem:
             self.stats["tls_failures"] += 1
-            log.warning("TLS peer %s:%d refused: %s", peer[0], peer[1], problem)
-            self.door.handshake_failed(peer, self.loop.time())
+            now = self.loop.time()
+            self._refusals.note(peer[0], problem, now, f"TLS peer {peer[0]}:{peer[1]} refused: {problem}")
+            self.door.handshake_failed(peer, now)
             tls.abort()
             return
         self.stats["tls_handshakes"] += 1
@@ -498,6 +282,18 @@ class Shell:
             if not conn.tokens or conn.closed:
                 self._retiring.discard(conn)
                 conn.close()
+        sec = self.config.security
+        for conn in list(self.conns):
+            why = None if conn.closed or conn.src is None else conn.overdue(
+                now, sec.header_timeout, sec.idle_timeout, self.proxy.t)
+            if why:
+                self.stats["conns_timed_out"] += 1
+                ip, port = conn.src.addr  # type: ignore[union-attr]
+                self._timeouts.note(ip, why, now, f"closing {conn.proto} connection from {ip}:{port} on the "
+                                                  f"{conn.leg} leg: {why}")
+                conn.close()
+        self._refusals.flush(now)
+        self._timeouts.flush(now)
         self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
 
     def retire(self, conn: StreamConn, why: str) -> None:
@@ -629,4 +425,10 @@ def _describe(e: BaseException) -> str:
         return f"TLS certificate not trusted: {e.verify_message}"
     if isinstance(e, ssl.SSLError):
         return f"TLS handshake failed: {e.reason or e}"
-    return e.strerror or str(e)
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    if text:
+        return text
+    # asyncio raises a bare ConnectionResetError when the peer closes during the handshake
+    if isinstance(e, (ConnectionError, EOFError)):
+        return "the peer closed the connection before the TLS handshake completed"
+    return type(e).__name__

@@ -2,7 +2,8 @@
 
     sbc:     {fqdn: sbc.example.com, secret: ..., previous_secret: ..., secret_file: ...}
     teams:   listen, certificate, private_key, trusted_ca, proxies, port, resolve, tenants, ...
-    pbx:     listen, transport, address, options_interval, options_timeout, auth, prack, early_media
+    pbx:     listen, transport, address, options_interval, options_timeout, auth, prack, early_media,
+             max_udp_size
     numbers: country_code, international_prefix, national_prefix
     log:     {level: info}
 
@@ -84,6 +85,7 @@ class PbxSection:
     options_interval: float = 30.0   # OPTIONS to the PBX; 0 = off (the PBX is then always up)
     options_timeout: float = 5.0
     auth: DigestCredentials | None = None  # the PBX must authenticate (optional)
+    max_udp_size: int = 1472         # bytes per datagram toward a UDP PBX (RFC 3261 18.1.1)
     prack: str = "strip"        # strip | pass: 100rel ends at the SBC (Teams never does PRACK)
     early_media: str = "pass"   # pass | ringback: what the PBX hears while Teams rings
 
@@ -251,7 +253,7 @@ def parse_teams(r: SettingsReader, data: dict, fqdn: str | None, certs_dir: Path
 
 def parse_pbx(r: SettingsReader, data: dict, fqdn: str | None) -> PbxSection | None:
     pb = r.section(data, "pbx", {"listen", "transport", "address", "options_interval", "options_timeout",
-                                 "auth", "prack", "early_media"})
+                                 "auth", "prack", "early_media", "max_udp_size"})
     pbx_listen = r.ip_hostport(pb, "pbx", "listen")
     if pbx_listen is not None and pbx_listen.host in ("0.0.0.0", "::"):
         r.err("pbx.listen", f"{pbx_listen.host} is not an address the PBX can be sent back to: use the SBC's own IP on the PBX network (it goes into Record-Route and Via)")
@@ -259,6 +261,8 @@ def parse_pbx(r: SettingsReader, data: dict, fqdn: str | None) -> PbxSection | N
     pbx_address = r.ip_hostport(pb, "pbx", "address")
     pbx_opt = float(r.number(pb, "pbx", "options_interval", 30, 0, 600))
     pbx_opt_timeout = float(r.number(pb, "pbx", "options_timeout", 5, 0.5, 32))
+    # 1500-byte Ethernet MTU less the IPv4 and UDP headers; a jumbo-frame path may raise it
+    max_udp = r.whole(pb, "pbx", "max_udp_size", 1472, 576, 65507)
     pbx_auth = None
     if pb.get("auth") is not None:
         a = pb.get("auth")
@@ -280,7 +284,7 @@ def parse_pbx(r: SettingsReader, data: dict, fqdn: str | None) -> PbxSection | N
     if pbx_listen is None or pbx_transport is None or pbx_address is None:
         return None
     return PbxSection(pbx_listen, pbx_transport, pbx_address, pbx_opt, pbx_opt_timeout, pbx_auth,
-                      prack, early_media)
+                      max_udp, prack, early_media)
 
 
 def parse_numbers(r: SettingsReader, data: dict) -> NumbersSection:

@@ -250,3 +250,42 @@ def test_settings(tmp_path):
     parse_capture(r, {"hep": "nowhere", "agent_id": -1, "trace_format": "mp3", "x": 1})
     assert [e.split(": ")[1] for e in r.errors] == ["capture.x", "capture.hep", "capture.agent_id", "capture.trace_format"]
     assert ipaddress.ip_address("::ffff:10.0.0.5").ipv4_mapped == ipaddress.ip_address("10.0.0.5")
+
+
+# --------------------------------------------------------------------------- credentials (issue 12)
+RESPONSE = "6629fae49393a05397450978507c4ef1"
+AUTHED = INVITE.replace(b"\r\nContent-Length", (
+    '\r\nProxy-Authorization: Digest username="pbx-trunk", realm="sbc.example.com", nonce="1.ab", '
+    f'uri="sip:+442071234567@10.0.0.5", response="{RESPONSE}", algorithm=MD5, qop=auth, nc=00000001, '
+    'cnonce="abc"\r\nAUTHORIZATION: Basic cGJ4OnNlY3JldA==\r\nContent-Length').encode(), 1)
+
+
+def test_traces_mask_digest_responses_and_basic_credentials(tmp_path):
+    """A trace keeps who authenticated (user, realm, nonce) but never the Digest response (an
+    offline password guess with the nonce beside it) nor Basic credentials."""
+    assert RESPONSE.encode() in AUTHED and b"cGJ4OnNlY3JldA==" in AUTHED
+    tracer = CallTracer(tmp_path / "traces", "both", linger=0.0)
+    rule = tracer.trace_call("abc-123@10.0.0.10")
+    tracer.sip("in", "pbx", "udp", ("10.0.0.5", 5060), ("10.0.0.10", 5060), AUTHED, 101.0)
+    tracer.close()
+    for f in rule.files:
+        data = Path(f).read_bytes()
+        assert RESPONSE.encode() not in data and b"cGJ4OnNlY3JldA==" not in data, f
+        assert b'username="pbx-trunk", realm="sbc.example.com"' in data and b'response="***"' in data
+        assert b"AUTHORIZATION: Basic ***" in data
+    [pkt] = read_pcap(Path(next(f for f in rule.files if f.endswith(".pcap"))))
+    assert pkt["payload"].endswith(INVITE.split(b"\r\n\r\n", 1)[1])   # the body untouched
+
+
+def test_hep_masks_credentials_too():
+    col = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    col.bind(("127.0.0.1", 0))
+    col.settimeout(5)
+    obs = HepObserver(col.getsockname())
+    try:
+        obs.sip("in", "pbx", "udp", ("10.0.0.5", 5060), ("10.0.0.10", 5062), AUTHED, time.time())
+        got = decode_hep3(col.recv(65535))
+    finally:
+        obs.close()
+        col.close()
+    assert RESPONSE.encode() not in got["payload"] and b'response="***"' in got["payload"]

@@ -252,15 +252,17 @@ def test_write_cost_per_call(tmp_path):
 DELETE_REPLY = {
     "result": "ok",
     "totals": {"RTP": {"packets": 8, "bytes": 1376, "errors": 0}, "RTCP": {"packets": 0, "bytes": 0, "errors": 0}},
+    # the sides by the labels the SBC's initial offer and answer set, whatever the tag order
+    # (rtpengine listed the callee first in the replies of issue 12)
     "tags": {
-        "callertag": {"tag": "callertag", "medias": [{"streams": [
+        "calleetag": {"tag": "calleetag", "label": "callee", "medias": [{"streams": [
+            {"local port": 61200, "local address": "127.0.0.2", "flags": ["RTP", "filled"],
+             "endpoint": {"address": "127.0.0.2", "port": 59366}, "stats": {"packets": 3, "bytes": 516, "errors": 0}}]}]},
+        "callertag": {"tag": "callertag", "label": "caller", "medias": [{"streams": [
             {"local port": 61200, "local address": "127.0.0.1", "flags": ["RTP", "filled"],
              "endpoint": {"address": "127.0.0.1", "port": 43301}, "stats": {"packets": 5, "bytes": 860, "errors": 0}},
             {"local port": 61201, "local address": "127.0.0.1", "flags": ["RTCP", "filled"],
              "endpoint": {"address": "127.0.0.1", "port": 43302}, "stats": {"packets": 1, "bytes": 80, "errors": 0}}]}]},
-        "calleetag": {"tag": "calleetag", "medias": [{"streams": [
-            {"local port": 61200, "local address": "127.0.0.2", "flags": ["RTP", "filled"],
-             "endpoint": {"address": "127.0.0.2", "port": 59366}, "stats": {"packets": 3, "bytes": 516, "errors": 0}}]}]},
     },
 }
 
@@ -271,10 +273,27 @@ def test_media_stats_columns():
         "rtp_packets": 8, "rtp_bytes": 1376, "rtp_errors": 0, "caller_packets": 5, "caller_bytes": 860,
         "callee_packets": 3, "callee_bytes": 516}
     detail = json.loads(s["media"])
-    assert detail["tags"][0] == {"tag": "callertag", "endpoint": "127.0.0.1:43301", "local": "127.0.0.1:61200",
+    assert detail["tags"][1] == {"tag": "callertag", "endpoint": "127.0.0.1:43301", "local": "127.0.0.1:61200",
                                  "packets": 5, "bytes": 860, "errors": 0}
     assert media_columns(parse_stats("c", {"result": "ok"})) is None
     assert media_columns(parse_stats("c", "junk")) is None
+
+
+def test_media_stats_count_an_rtcp_muxed_stream_and_no_labels_means_no_sides():
+    """Teams' stream (rtcp-mux) is flagged RTP, RTCP, filled, ICE: its packets count; the
+    unused fallback RTCP stream beside it does not. Without labels nobody is called caller."""
+    teams = {"tag": "t", "label": "caller", "medias": [{"streams": [
+        {"flags": ["RTP", "RTCP", "filled", "ICE"], "stats": {"packets": 282, "bytes": 48504, "errors": 0},
+         "endpoint": {"address": "127.0.0.1", "port": 30000}, "local address": "127.0.0.1", "local port": 64300},
+        {"flags": ["RTCP", "fallback RTCP", "filled", "ICE"], "stats": {"packets": 0, "bytes": 0, "errors": 0}}]}]}
+    pbx = {"tag": "p", "label": "callee", "medias": [{"streams": [
+        {"flags": ["RTP", "filled"], "stats": {"packets": 333, "bytes": 57276, "errors": 0}},
+        {"flags": ["RTCP", "filled"], "stats": {"packets": 7, "bytes": 560, "errors": 0}}]}]}
+    st = parse_stats("c", {"result": "ok", "tags": {"p": pbx, "t": teams}})
+    assert (st.caller.tag, st.caller.packets, st.callee.tag, st.callee.packets) == ("t", 282, "p", 333)
+    unlabelled = {k: {x: y for x, y in v.items() if x != "label"} for k, v in (("p", pbx), ("t", teams))}
+    st = parse_stats("c", {"result": "ok", "tags": unlabelled})
+    assert st.caller is None and st.callee is None and [l.packets for l in st.legs] == [333, 282]
 
 
 def test_media_stats_reach_the_row_after_the_end(tmp_path):
@@ -304,10 +323,11 @@ def test_media_stats_from_a_real_rtpengine_delete(procs, tmp_path):
         b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         b.bind(("127.0.0.2", 0))
         common = {"flags": ["trust-address"], "replace": ["origin", "session-connection"]}
-        to_b = eng.command({"command": "offer", "call-id": cid, "from-tag": "caller",
+        to_b = eng.command({"command": "offer", "call-id": cid, "from-tag": "caller", "label": "caller",
                             "sdp": sdp.format(ip="127.0.0.1", port=a.getsockname()[1]),
                             "direction": ["pub", "priv"], **common})["sdp"]
         to_a = eng.command({"command": "answer", "call-id": cid, "from-tag": "caller", "to-tag": "callee",
+                            "label": "callee",
                             "sdp": sdp.format(ip="127.0.0.2", port=b.getsockname()[1]), **common})["sdp"]
 
         def target(s):

@@ -90,6 +90,24 @@ def test_each_error_names_file_key_and_fix(confdir, change, expected):
     assert any(e.startswith(f"{path}: ") and expected in e for e in ei.value.errors), ei.value.errors
 
 
+def test_media_limits_load_and_must_fit_a_udp_ng_reply(confdir):
+    """Issue 12: the SDP limits checked before any NG command; limits that would let an NG
+    reply outgrow one UDP datagram are refused while an instance is reached over UDP."""
+    c = cfg.load(write(confdir, GOOD.replace("rtpengine: []", "rtpengine: [udp:127.0.0.1:22222]")))
+    m = c.media
+    assert (m.max_media_lines, m.max_sdp_size, m.max_sdp_attributes, m.max_sdp_line_length) == (8, 16384, 256, 1024)
+    big = "rtpengine: [{}]\n  max_sdp_size: 60000\n  max_media_lines: 16"
+    path = write(confdir, GOOD.replace("rtpengine: []", big.format("udp:127.0.0.1:22222")))
+    with pytest.raises(cfg.ConfigError) as ei:
+        cfg.load(path)
+    assert any(e.startswith(f"{path}: media.max_sdp_size: ") and "more than one UDP datagram" in e
+               and "http:// or ws://" in e for e in ei.value.errors), ei.value.errors
+    assert cfg.load(write(confdir, GOOD.replace("rtpengine: []", big.format("http://10.0.0.7:8080")))).media.max_sdp_size == 60000
+    path = write(confdir, GOOD.replace("rtpengine: []", "rtpengine: []\n  max_media_lines: 0"))
+    with pytest.raises(cfg.ConfigError, match=r"media\.max_media_lines: must be a whole number between 1 and 64"):
+        cfg.load(path)
+
+
 def test_all_errors_reported_at_once(confdir):
     bad = GOOD.replace("transport: udp", "transport: sctp").replace("fqdn: sbc.example.com", "fqdn: x")
     with pytest.raises(cfg.ConfigError) as ei:
@@ -138,3 +156,38 @@ def test_cli_run_with_unusable_certificate_exits_2(confdir):
     assert r.returncode == 2, r.stderr
     assert "teams.certificate: " in r.stderr and "is not a PEM certificate chain" in r.stderr
     assert "fix: " in r.stderr and "Traceback" not in r.stderr
+
+
+def test_admin_api_default_listener_is_loopback_7061(confdir):
+    """Issue 12: 127.0.0.1:8080 collided with whatever else a host runs there (a busy 8080
+    stopped the SBC from starting); 7061 is registered to nothing."""
+    from teamsbc.admin_settings import DEFAULT_LISTEN
+    from teamsbc.doctor.teams_ping import DEFAULT_ADMIN
+    assert cfg.load(write(confdir, GOOD)).admin.listen == HostPort("127.0.0.1", 7061)
+    assert DEFAULT_LISTEN == ("127.0.0.1", 7061) and DEFAULT_ADMIN == "127.0.0.1:7061"
+
+
+@pytest.mark.e2e
+def test_a_busy_admin_port_stops_the_sbc_with_a_clear_error(tmp_path, procs, test_pki):
+    import socket
+    import re
+    from tests.support.ports import free_port
+    from tests.support.procs import ProcessExited
+    from tests.support.sbc import SbcProcess
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    sbc = SbcProcess(tmp_path, procs, test_pki, pbx_port=free_port("udp"),
+                     extra={"admin": {"listen": f"127.0.0.1:{port}"}})
+    try:
+        try:
+            sbc.start(timeout=10)           # its SIP listeners may be up for a moment before it exits
+        except ProcessExited:
+            pass
+        assert sbc.process.wait(timeout=10) == 1
+        assert re.search(rf"cannot start: admin API cannot listen on 127\.0\.0\.1:{port}: .*address already in use",
+                         sbc.log(), re.I), sbc.log()
+        assert "Traceback" not in sbc.log()
+    finally:
+        busy.close()

@@ -40,3 +40,11 @@ def test_own_nonce_accepted_then_expires_and_other_process_nonce_is_stale():
     assert auth.check("INVITE", None, 0.0) == (False, False, "no credentials")
     assert auth.check("INVITE", 'Basic QWxhZGRpbjpvcGVu', 0.0) == (False, False, "not Digest credentials")
     assert auth.check("INVITE", 'Digest username="Scar"', 0.0)[2] == "credentials without realm"
+
+
+def test_an_answer_within_half_a_millisecond_of_its_challenge_is_not_stale():
+    """The nonce's time stamp is rounded to the millisecond (100.0006 -> "100.001")."""
+    auth = DigestAuth(MUFASA)
+    ch = auth.challenge(100.0006)
+    good = answer(auth, ch, "REGISTER", "sip:sbc", "Circle Of Life")
+    assert auth.check("REGISTER", good, 100.0008) == (True, False, "")

@@ -440,8 +440,9 @@ def test_tls_downgrades_and_foreign_suites_are_refused(hostile, test_pki):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
             with pytest.raises((ssl.SSLError, ConnectionError)):
                 ctx.wrap_socket(raw, server_hostname=test_pki.sbc_fqdn)
-    wait_for(lambda: len(re.findall(r"refused: .*NO_SHARED_CIPHER", lab.sbc.log())) == 3, 5,
-             what="three NO_SHARED_CIPHER refusals logged")
+    # three refusals for the same reason from one source: one line, the others counted (issue 12)
+    wait_for(lambda: lab.counters().get("handshake_failed", 0) >= 4, 5, what="four handshake failures counted")
+    assert len(re.findall(r"refused: .*NO_SHARED_CIPHER", lab.sbc.log())) == 1, lab.sbc.log()[-3000:]
     assert re.search(r"TLS handshake from 127\.0\.0\.1:\d+ refused: .*UNSUPPORTED_PROTOCOL", lab.sbc.log())
     # a Teams-conformant client still gets in
     with tls_client(test_pki, bind="127.0.0.1", port=port, maximum_version=ssl.TLSVersion.TLSv1_2) as ok:

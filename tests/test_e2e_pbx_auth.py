@@ -3,6 +3,7 @@ PBX that registers (401 dance), wrong credentials refused, and no credential rea
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import pytest
@@ -56,6 +57,13 @@ async def test_pbx_authenticates_registers_and_credentials_stay_here(tmp_path, p
     sbc_addr = ("127.0.0.1", sbc.pbx_listen_port)
     helper = DigestAuth(DigestCredentials(**CREDS))
     try:
+        # a trace of the call: the credentials must not be in it (issue 12)
+        import json as _json
+        import urllib.request
+        admin = sbc.config["admin"]["listen"]
+        req = urllib.request.Request(f"http://{admin}/trace", method="POST",
+                                     data=_json.dumps({"call_id": "auth-INVITE@127.0.0.1"}).encode())
+        await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=5).read())
         ruri = f"sip:02071234567@127.0.0.1:{sbc.pbx_listen_port}"
         tr.sendto(request("INVITE", ruri, pbx_port, 1, body=SDP), sbc_addr)
         start, h = await pbx.expect(lambda s, h: s.startswith("SIP/2.0 407"))
@@ -69,6 +77,10 @@ async def test_pbx_authenticates_registers_and_credentials_stay_here(tmp_path, p
         inv = await peer.wait_for(lambda r: r.msg.is_request and r.msg.method == "INVITE", 5)
         assert inv.msg.header("proxy-authorization") is None  # never relayed to Teams
         assert "PBX authentication failed: wrong password" in sbc.log()
+        secret = good.split('response="')[1].split('"')[0]
+        traces = [f.read_bytes() for f in (sbc.dir / "traces").iterdir()]
+        assert len(traces) == 2 and all(secret.encode() not in t for t in traces)
+        assert all(t.count(b'response="***"') == 2 for t in traces)  # the wrong and the good one
         # a PBX that registers to its trunk
         reg_uri = f"sip:127.0.0.1:{sbc.pbx_listen_port}"
         tr.sendto(request("REGISTER", reg_uri, pbx_port, 1, "Expires: 600\r\n"), sbc_addr)
@@ -80,3 +92,28 @@ async def test_pbx_authenticates_registers_and_credentials_stay_here(tmp_path, p
     finally:
         tr.close()
         await peer.close()
+
+
+def test_svcrack_from_the_pbx_address_gets_five_guesses_then_nothing(tmp_path, procs, test_pki):
+    """Issue 12: svcrack guessed 5,000 passwords from the PBX address. With the defaults
+    (security.ban_auth_after 5 within ban_window), at most 5 of its guesses are evaluated; then
+    the address is locked out (one WARNING line) and svcrack hears nothing more."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    svcrack = str(Path(sys.executable).with_name("sipvicious_svcrack"))
+    sbc = SbcProcess(tmp_path, procs, test_pki, teams_resolve={n: free_port("tcp") for n in TEAMS_NAMES},
+                     pbx_port=free_port("udp"), pbx_host="127.0.0.1",
+                     extra={"pbx": {"auth": CREDS}, "security": {"report_interval": 1}}).start()
+    r = subprocess.run([svcrack, "-u", CREDS["username"], "-r", "1-5000", "--maximumtime", "4",
+                        "-b", "127.0.0.1", "-p", str(sbc.pbx_listen_port), "127.0.0.1"],
+                       capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert CREDS["password"] not in out and "| Password" not in out, out
+    log = sbc.log()
+    guesses = re.findall(r"PBX authentication failed: wrong password", log)
+    assert 1 <= len(guesses) <= 5, (len(guesses), log[-3000:])
+    assert len(re.findall(r"locked out 127\.0\.0\.1 for 600s after 5 failed authentications", log)) == 1, log[-3000:]
+    reports = [json.loads(m) for m in re.findall(r"guard counters: (\{.*\})", log)]
+    assert reports and reports[-1].get("auth_locked_out", 0) > 0, log[-3000:]

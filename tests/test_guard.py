@@ -293,6 +293,53 @@ def test_lowered_parser_limits_answer_like_the_parser(tmp_path):
     assert proxy.gate.counters == {"malformed": 2}
 
 
+AUTH = {"realm": "sbc.example.com", "username": "pbx-trunk", "password": "correct horse battery"}
+
+
+def test_digest_guessing_from_the_pbx_address_is_locked_out_after_ban_auth_after(tmp_path, caplog):
+    """Issue 12: svcrack made 5,000 guesses from the PBX address. After security.ban_auth_after
+    (5) failed credentials within ban_window, new requests needing credentials are dropped
+    unheard for ban_time; the first challenge and a stale nonce do not count; OPTIONS and
+    in-dialog requests still pass; after ban_time credentials are checked again."""
+    from tests.test_digest import answer
+    caplog.set_level(logging.INFO)
+    core = build(make(tmp_path, pbx={"auth": AUTH}, security={"ban_time": 60}), 0.0)
+    proxy, guard = core.proxy, core.guard
+    auth = core.router.auth
+    assert guard.settings.ban_auth_after == 5
+
+    def invite(n: int, now: float, password: str | None) -> list:
+        creds = ""
+        if password is not None:
+            creds = f"Proxy-Authorization: {answer(auth, auth.challenge(now), 'INVITE', 'sip:02071234567@10.0.0.5:5060', password)}\r\n"
+        return statuses(proxy.receive(pbx_invite(branch=f"z9hG4bKg{n}", extra=creds).replace(
+            b"call-1@", f"call-{n}@".encode()), PBX_SRC, now))
+
+    assert invite(0, 1.0, None) == [407]                      # the challenge: not a failure
+    stale = answer(auth, auth.challenge(1.0), "INVITE", "sip:02071234567@10.0.0.5:5060", AUTH["password"])
+    out = statuses(proxy.receive(pbx_invite(branch="z9hG4bKstale", extra=f"Proxy-Authorization: {stale}\r\n")
+                                 .replace(b"call-1@", b"call-st@"), PBX_SRC, 400.0))
+    assert out == [407]                                       # stale nonce, right password: not a failure
+    for n in range(1, 6):
+        assert invite(n, 401.0 + n, f"guess{n}") == [407]
+    assert invite(6, 407.0, "guess6") == []                   # locked out: not even evaluated
+    assert invite(7, 408.0, AUTH["password"]) == []           # nor the right one (until ban_time)
+    assert guard.counters["auth_lockouts"] == 1 and guard.counters["auth_locked_out"] == 2
+    assert len([r for r in caplog.records if "authentication failed: wrong password" in r.getMessage()]) == 5
+    assert [r.getMessage() for r in caplog.records if "locked out 10.0.0.10" in r.getMessage()]
+    assert statuses(proxy.receive(options("keep").replace(b"192.0.2.66", b"10.0.0.10"), PBX_SRC, 409.0)) == [200]
+    assert invite(8, 470.0, AUTH["password"]) == [100, "INVITE"]   # ban_time (60 s) over
+
+
+def test_digest_lockout_can_be_turned_off(tmp_path):
+    core = build(make(tmp_path, pbx={"auth": AUTH}, security={"ban_auth_after": 0}), 0.0)
+    bad = 'Digest username="x", realm="sbc.example.com", nonce="1.2", uri="sip:a", response="00"'
+    for n in range(20):
+        out = core.proxy.receive(pbx_invite(branch=f"z9hG4bKo{n}", extra=f"Proxy-Authorization: {bad}\r\n"),
+                                 PBX_SRC, float(n))
+        assert statuses(out) == [407]
+
+
 def test_tables_stay_bounded_under_a_spoofed_source_flood(tmp_path):
     proxy = proxy_for(tmp_path, security={"unknown_source": "403", "max_sources": 100, "ban_after": 2})
     g = proxy.gate

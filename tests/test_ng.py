@@ -22,6 +22,7 @@ from teamsbc.media.ng import (
     NgError,
     NgProtocolError,
     NgTimeout,
+    NgTooLarge,
     NgUnavailable,
     RttStats,
     parse_address,
@@ -491,6 +492,7 @@ async def test_pool_new_call_fails_over_with_a_fresh_cookie():
     attempts = [(a, cookie) for a, n, c, cookie in world.log if c == "call-x"]
     assert [a for a, _ in attempts] == [A, B, C]
     assert len({cookie for _, cookie in attempts}) == 3
+    await pool.settle()   # each failed command is checked with a ping, which fails here too
     assert [i.healthy for i in pool.instances] == [False, False, True]
     assert pool.owner("call-x").address == C
     await pool.close()
@@ -502,6 +504,7 @@ async def test_pool_no_healthy_instance():
     world.mode[A] = world.mode[B] = "timeout"
     with pytest.raises(NoMediaAvailable, match="no rtpengine for call c1"):
         await pool.request(sdp_policy.offer(SIMPLE_SDP, "c1", "ft"))
+    await pool.settle()
     with pytest.raises(NoMediaAvailable, match="no healthy rtpengine"):
         await pool.request(sdp_policy.offer(SIMPLE_SDP, "c2", "ft"))
     assert [n for _, n, c, _ in world.log if c == "c2"] == []   # nobody asked: all were down
@@ -534,6 +537,7 @@ async def test_pool_owner_down_is_an_error_not_a_move():
     world.mode[A] = "refused"
     with pytest.raises(NgUnavailable):
         await pool.request(sdp_policy.answer(SIMPLE_SDP, "c1", "ft", "tt"))
+    await pool.settle()
     assert not pool.instance(A).healthy and pool.owner("c1").address == A
     with pytest.raises(NgUnavailable):
         await pool.request(sdp_policy.delete("c1"))
@@ -611,6 +615,45 @@ def test_pool_config_errors():
         MediaPool([A, f"{A};weight=2"])
 
 
+async def test_pool_a_failed_command_is_not_a_failed_ping():
+    """Issue 12: an offer whose reply never came (too large for UDP, lost) does not take down
+    an instance that still answers pings; it is counted apart, and calls keep going there."""
+    world = FakeWorld()
+    pool = fake_pool(world, [A], down_after=2)
+
+    class SwallowsOffers(FakeClient):
+        async def request(self, command, timeout=None):
+            if command["command"] == "offer" and command.get("call-id") == "bomb":
+                self.world.log.append((self.address, "offer", "bomb", "lost"))
+                raise NgTimeout("no reply to offer within 2 s", address=self.address)
+            return await super().request(command, timeout)
+
+    pool.instances[0].client = SwallowsOffers(world, A)
+    with pytest.raises(NoMediaAvailable):
+        await pool.request(sdp_policy.offer(SIMPLE_SDP, "bomb", "ft"))
+    await pool.settle()
+    inst = pool.instance(A)
+    assert inst.healthy and inst.failures == 0 and inst.command_failures == 1
+    assert [n for _, n, c, _ in world.log if c is None] == ["ping"]   # the check, at once
+    assert (await pool.request(sdp_policy.offer(SIMPLE_SDP, "next", "ft")))["result"] == "ok"
+    assert pool.status()[0]["command_failures"] == 1
+    await pool.close()
+
+
+async def test_udp_ng_refuses_up_front_a_reply_larger_than_a_datagram():
+    """Never a silent timeout: an offer whose reply could not fit one UDP datagram is refused
+    before anything is sent (rtpengine 10.5 drops such replies)."""
+    hole = await UdpPeer.open()
+    try:
+        bomb = "v=0\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n" + "m=audio 2000 RTP/AVP 0\r\n" * 250
+        async with NgClient(hole.address, timeout=0.5) as ng:
+            with pytest.raises(NgTooLarge, match="more than one UDP datagram"):
+                await ng.request({"command": "offer", "call-id": "c", "from-tag": "f", "sdp": bomb})
+        assert hole.received == []
+    finally:
+        hole.close()
+
+
 # --------------------------------------------------------------------------- pool, real rtpengines
 
 @pytest.mark.e2e
@@ -630,6 +673,7 @@ async def test_pool_failover_between_two_real_rtpengines(procs):
             reply = await pool.request(plain_offer(f"after-{i}"))
             assert reply["result"] == "ok"
             assert pool.owner(f"after-{i}").address == second.ng_udp
+        await pool.settle()
         assert not pool.instance(first.ng_udp).healthy
         # existing calls keep their owner: on the live one they go on, on the dead one they fail
         for cid, address in owners.items():
@@ -666,9 +710,11 @@ async def test_pool_new_call_offer_times_out_then_next_instance(rtpengine):
         pool = MediaPool([f"{hole.address};weight=5", relay.address], timeout=0.5, ping_interval=3600)
         reply = await pool.request(plain_offer("timed-out-first"))
         assert reply["result"] == "ok" and pool.owner("timed-out-first").address == relay.address
-        hole_cookies = {d.partition(b" ")[0] for d in hole.received}
-        assert len(hole.received) >= 2 and len(hole_cookies) == 1
+        offers = [d for d in hole.received if b"7:command5:offer" in d]   # not the ping that checks it
+        hole_cookies = {d.partition(b" ")[0] for d in offers}
+        assert len(offers) >= 2 and len(hole_cookies) == 1
         assert relay.cookies()[0] not in hole_cookies
+        await pool.settle()   # the hole does not answer the ping that checks it either
         assert not pool.instance(hole.address).healthy
         assert rtpengine.calls() == ["timed-out-first"]
         await pool.close()

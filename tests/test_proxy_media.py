@@ -130,3 +130,71 @@ def test_delayed_offer_from_the_pbx_is_refused_with_a_reason(tmp_path):
     resp = parse_message(out[-1].data)
     assert (resp.status, resp.reason) == (488, "Delayed Offer Not Supported")
     assert "enable early offer" in resp.headers.get("warning")
+
+
+# ---------------------------------------------------------------- issue 12: media-path limits
+def _with_sdp(msg: bytes, sdp: bytes) -> bytes:
+    head = msg.split(b"\r\n\r\n")[0]
+    head = b"\r\n".join(l for l in head.split(b"\r\n") if not l.lower().startswith(b"content-length"))
+    return head + b"\r\nContent-Length: " + str(len(sdp)).encode() + b"\r\n\r\n" + sdp
+
+
+BOMBS = {
+    "media.max_media_lines": SDP + b"m=audio 4002 RTP/AVP 0\r\n" * 300,
+    "media.max_sdp_size": SDP + b"a=x-filler:" + b"y" * 900 + b"\r\n" * 1 + (b"a=x-filler:" + b"y" * 900 + b"\r\n") * 20,
+    "media.max_sdp_attributes": SDP + b"a=x:1\r\n" * 300,
+    "media.max_sdp_line_length": SDP + b"a=x-long:" + b"z" * 2000 + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("limit", sorted(BOMBS))
+@pytest.mark.parametrize("leg", ["teams", "pbx"])
+def test_an_sdp_over_a_limit_gets_488_naming_it_and_nothing_goes_to_rtpengine(proxy, limit, leg):
+    invite, src = (teams_invite(), TEAMS_SRC) if leg == "teams" else (pbx_invite(), PBX_SRC)
+    media, sends = split(proxy.receive(_with_sdp(invite, BOMBS[limit]), src, 0.0))
+    assert media == []
+    assert kinds(sends) == [488] and sends[0][0] == src
+    assert limit in sends[0][1].headers.get("warning")
+    assert proxy.next_events()[-1].status == 488          # the refused call has a record
+    # the next call is relayed with its offer, as always
+    media, sends = split(proxy.receive(invite.replace(b"call-1", b"call-2").replace(b"teams-call-1", b"teams-call-2")
+                                       .replace(b"z9hG4bK", b"z9hG4bKnext"), src, 0.1))
+    assert [m.command["command"] for m in media] == ["offer"]
+
+
+def test_a_bomb_in_the_callee_answer_ends_the_call_without_rtpengine_seeing_it(proxy):
+    media, _ = split(proxy.receive(teams_invite(), TEAMS_SRC, 0.0))
+    _, sends = split(proxy.media_done(media[0].op, {"result": "ok", "sdp": NEW_SDP}, 0.01))
+    inv = sends[0][1]
+    ok = response_to(inv.to_bytes(), 200, "OK", to_tag="p1", contact="<sip:+15551230000@10.0.0.10:5060>",
+                     rr=inv.headers.get_all("record-route"), body=BOMBS["media.max_media_lines"]).replace(
+        b"Content-Length: ", b"Content-Type: application/sdp\r\nContent-Length: ", 1)
+    media, sends = split(proxy.receive(ok, PBX_SRC, 0.1))
+    assert [m.command["command"] for m in media] == ["delete"]     # only the offer's session goes
+    by = {str(k): (d, m) for (d, m), k in zip(sends, kinds(sends))}
+    assert sorted(by) == ["488", "ACK", "BYE"]
+    assert by["488"][0] == TEAMS_SRC and "media.max_media_lines" in by["488"][1].headers.get("warning")
+    assert by["ACK"][0].leg == PBX and by["BYE"][0].leg == PBX
+
+
+def test_sdp_that_is_not_utf8_is_refused(proxy):
+    media, sends = split(proxy.receive(_with_sdp(pbx_invite(), SDP + b"a=x:\xff\xfe\r\n"), PBX_SRC, 0.0))
+    assert media == [] and kinds(sends) == [488]
+    assert "not UTF-8" in sends[0][1].headers.get("warning")
+
+
+def test_the_initial_offer_and_its_answer_label_the_caller_and_the_callee(proxy):
+    """rtpengine keeps the labels and reports them with its statistics (media/stats.py): the
+    CDR's caller/callee figures do not depend on tag order or on who sent the BYE."""
+    media, _ = split(proxy.receive(teams_invite(), TEAMS_SRC, 0.0))
+    assert media[0].command["label"] == "caller"
+    _, sends = split(proxy.media_done(media[0].op, {"result": "ok", "sdp": NEW_SDP}, 0.01))
+    inv = sends[0][1]
+    ok = response_to(inv.to_bytes(), 200, "OK", to_tag="p1", contact="<sip:+15551230000@10.0.0.10:5060>",
+                     rr=inv.headers.get_all("record-route"), body=SDP).replace(
+        b"Content-Length: ", b"Content-Type: application/sdp\r\nContent-Length: ", 1)
+    media, _ = split(proxy.receive(ok, PBX_SRC, 0.1))
+    assert media[0].command["command"] == "answer" and media[0].command["label"] == "callee"
+    reinvite = parse_message(teams_invite("z9hG4bKre").replace(b"user=phone>\r\nCALL-ID", b"user=phone>;tag=p1\r\nCALL-ID"))
+    step = proxy.media.for_request(reinvite, PBX)
+    assert step.command["command"] == "offer" and "label" not in step.command   # labels stay as set

@@ -17,6 +17,7 @@ import time
 
 from ..addresses import HostPort
 from ..events import Observer
+from .mask import mask_credentials
 
 log = logging.getLogger("teamsbc.capture")
 
@@ -108,6 +109,7 @@ class HepObserver(Observer):
         if len(data) > MAX_HEP_PAYLOAD:
             self.stats["dropped"] += 1      # does not fit one HEP datagram
             return
+        data = mask_credentials(data)       # Homer keeps messages: no offline password guess
         try:
             if direction == "in":
                 pkt = self.encoder.encode(remote, local, IP_PROTO.get(transport, 17), data, wall)

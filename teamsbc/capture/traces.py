@@ -3,7 +3,7 @@ number) written to files while the call lasts (admin API: POST/GET/DELETE /trace
 
 One pcap per call (fake IPv4/IPv6 + UDP headers around each SIP message, link type RAW, so
 Wireshark and sngrep open it) and/or one text file, in `trace_dir`, 0600. Costs nothing per
-message while no rule is set.
+message while no rule is set. Credentials are masked (capture/mask.py).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..events import Observer
+from .mask import mask_credentials
 from ..timefmt import iso_utc
 
 log = logging.getLogger("teamsbc.capture")
@@ -125,6 +126,7 @@ class _Trace:
     def write(self, direction: str, leg: str, transport: str, local: tuple, remote: tuple,
               data: bytes, wall: float) -> None:
         src, dst = (remote, local) if direction == "in" else (local, remote)
+        data = mask_credentials(data)  # a Digest response is an offline password guess
         if self.pcap is not None:
             self.pcap.write(pcap_record(wall, fake_udp_packet(src, dst, data)))
             self.pcap.flush()

@@ -12,7 +12,9 @@ Times are Unix seconds (UTC). `status` is the final status of the INVITE (200 on
 `ended_by`: for answered calls the leg whose BYE ended it ('teams' | 'pbx'), 'sbc' when the
 SBC tore the call down (media failure); for unanswered calls the caller's leg when the caller
 cancelled (487), otherwise NULL (the callee or the SBC refused: see status and reason).
-Media columns come from rtpengine's delete reply when it carries statistics.
+Media columns come from rtpengine's delete reply when it carries statistics; caller_* and
+callee_* are what rtpengine received from each party's endpoint, told apart by the labels the
+initial offer and its answer set (teamsbc.media.stats), RTP streams only (rtcp-mux included).
 
 With WAL and `synchronous=NORMAL` a commit is in the WAL file when `commit()` returns, so a
 crash of the process (kill -9, OOM) loses nothing committed; only a power loss or kernel crash

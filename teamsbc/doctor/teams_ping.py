@@ -13,10 +13,11 @@ from typing import Any
 import aiohttp
 
 from ..addresses import HostPort, parse_hostport
+from ..admin_settings import DEFAULT_LISTEN
 from ..config import Config
 from .report import FAIL, PASS, WARN, Result
 
-DEFAULT_ADMIN = "127.0.0.1:8080"
+DEFAULT_ADMIN = "%s:%d" % DEFAULT_LISTEN
 # a listener on every address is asked on loopback
 _WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 

@@ -18,6 +18,9 @@ from ..sip.message import Message, Request, Response
 from . import sdp_policy
 
 SDP_TYPE = "application/sdp"
+# rtpengine labels on the two sides of a call, set by the initial offer and its answer and
+# carried by every statistics reply (media/stats.py): who is who, whatever the tag order.
+CALLER, CALLEE = "caller", "callee"
 
 
 def sdp_of(msg: Message) -> str | None:
@@ -42,6 +45,24 @@ class MediaAnchor:
     def __init__(self, settings: MediaSection, pbx_host: str = "0.0.0.0"):
         self.s = settings
         self.pbx_host = pbx_host   # where a delayed offer's placeholder SDP points (port 9)
+        self.limits = sdp_policy.SdpLimits(settings.max_media_lines, settings.max_sdp_size,
+                                           settings.max_sdp_attributes, settings.max_sdp_line_length)
+
+    def sdp_refusal(self, msg: Message) -> str | None:
+        """Why the SDP of this message must not reach rtpengine (a media.max_* limit, or a body
+        declared as SDP that is not UTF-8 text), or None. Asked before every command that
+        would carry it, for messages from either leg: one INVITE must not take media down for
+        every call (issue 12)."""
+        if not msg.body:
+            return None
+        ctype = (msg.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if ctype != SDP_TYPE:
+            return None
+        try:
+            sdp = msg.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return "SDP is not UTF-8 text"
+        return sdp_policy.limit_problem(sdp, self.limits)
 
     def _side_kw(self, toward: str) -> dict[str, Any]:
         kw: dict[str, Any] = {"inject_dtmf": self.s.info_dtmf}
@@ -80,7 +101,7 @@ class MediaAnchor:
             return MediaStep(sdp_policy.offer(
                 sdp, call_id, from_tag, toward, to_tag=to_tag, codecs_to_pbx=self.s.pbx_codecs,
                 interfaces=self.s.interfaces if initial else None, initial=initial,
-                **self._offer_kw(toward)), wait=True)
+                label=CALLER if initial else None, **self._offer_kw(toward)), wait=True)
         if req.method == "ACK" and t is not None:
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=True, is_offer=False)
             return MediaStep(sdp_policy.answer(sdp, call_id, from_tag, to_tag or "", toward,
@@ -98,8 +119,10 @@ class MediaAnchor:
             return None  # a 18x/2xx without To tag is malformed: rtpengine would pick wrong ports
         if sdp_of(request) is not None:
             from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=False)
+            initial = request.method == "INVITE" and request.to_addr.tag is None
             return MediaStep(sdp_policy.answer(sdp, request.call_id, from_tag, to_tag or "", toward,
-                                          **self._side_kw(toward)), wait=True)
+                                               label=CALLEE if initial else None,
+                                               **self._side_kw(toward)), wait=True)
         # the 200 of an offerless re-INVITE carries the offer (tags swap: the callee offers)
         from_tag, to_tag = sdp_policy.ng_tags(f, t, in_request=False, is_offer=True)
         return MediaStep(sdp_policy.offer(sdp, request.call_id, from_tag, toward, to_tag=to_tag,

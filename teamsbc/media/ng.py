@@ -44,6 +44,7 @@ import aiohttp
 
 from ..addresses import grow_receive_buffer
 from .bencode import BencodeError, decode, encode, to_str_keys
+from .sdp_policy import reply_bound
 from .settings import NgAddress, parse_address
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "NgConnectionError",
     "NgError",
     "NgProtocolError",
+    "NgTooLarge",
     "DEFAULT_TIMEOUT",
     "RETRANSMIT_INTERVALS",
     "CONTENT_TYPE",
@@ -106,6 +108,12 @@ class NgError(NgException):
         self.reason = reason
         self.command = command
         self.reply = dict(reply or {})
+
+
+class NgTooLarge(NgException):
+    """Refused before sending: the reply could not come back in one UDP datagram (rtpengine
+    would drop it and the command would time out). Not the instance's fault: its health is
+    untouched."""
 
 
 class NgProtocolError(NgException):
@@ -208,6 +216,12 @@ class NgClient:
             payload = encode(dict(command))
         except BencodeError as exc:
             raise ValueError(f"cannot encode the {name} command: {exc}") from None
+        if self.address.scheme == "udp" and "sdp" in command:
+            bound = reply_bound(str(command["sdp"]))
+            if bound > MAX_UDP_DATAGRAM - 28:
+                raise NgTooLarge(f"the reply to this {name} could reach {bound} bytes, more than one UDP "
+                                 "datagram: lower media.max_sdp_size / max_media_lines, or reach this "
+                                 "rtpengine over http:// or ws://", address=str(self.address))
         cookie = new_cookie()
         limit = self.timeout if timeout is None else timeout
         self.sent += 1

@@ -15,19 +15,24 @@ new calls only while no weighted instance is healthy.
 Rules:
 - A NEW call (an ``offer`` without ``to-tag`` for a call-id the pool does not know) goes to a
   healthy instance chosen by smooth weighted round-robin. If that instance does not answer
-  (timeout, refused), it is marked down and the next healthy one is tried with the same
-  command (the client makes a fresh cookie). If none is healthy: :class:`NoMediaAvailable`.
+  (timeout, refused), the next healthy one is tried with the same command (the client makes a
+  fresh cookie). If none is healthy: :class:`NoMediaAvailable`.
 - Every later command of that call-id goes to the instance that owns it. ``delete`` forgets
   the owner.
-- When the owner is down (marked by pings, or it fails this very command), the call moves to
-  a healthy instance that has it: rtpengines sharing call state through Redis (``redis``,
-  ``subscribe-keyspace``, ``active-switchover``; docs/ha.md) each hold the others' calls as
-  "foreign" calls on the same ports, so ``query`` finds it there and that instance takes it
-  over. Without shared state no other instance has it and the command fails as before.
+- When the owner is down (marked by pings, or it fails this very command and the ping that
+  follows), the call moves to a healthy instance that has it: rtpengines sharing call state
+  through Redis (``redis``, ``subscribe-keyspace``, ``active-switchover``; docs/ha.md) each
+  hold the others' calls as "foreign" calls on the same ports, so ``query`` finds it there and
+  that instance takes it over. Without shared state no other instance has it and the command
+  fails as before.
 - A call-id the pool does not know in a later command (the SBC restarted; calls survive a
   restart) is looked up with ``query`` on every healthy instance.
-- Health: every ``ping_interval`` s each instance is pinged; ``down_after`` failures in a row,
-  or any request that gets no answer, mark it down; one successful ping marks it up again.
+- Health: every ``ping_interval`` s each instance is pinged; ``down_after`` failures in a row
+  mark it down; one successful ping marks it up again. A command that gets no answer is not a
+  failed ping (issue 12: one offer whose reply was too large for UDP took a healthy rtpengine
+  down for every call): it is counted apart (``command_failures``) and the instance is pinged
+  at once; only when that ping fails too is the instance marked down (a crashed rtpengine
+  within one round trip, a lost or oversized reply never).
 
 A call whose first offer timed out on an instance may still exist there (only the reply was
 lost); rtpengine drops it after its own media timeout, as it never gets media.
@@ -81,7 +86,9 @@ class Instance:
     client: NgClient
     healthy: bool = True
     failures: int = 0                # failed pings in a row
+    command_failures: int = 0        # commands that got no answer (each checked with a ping)
     last_error: str | None = None
+    verifying: asyncio.Task | None = field(default=None, repr=False)  # the ping after a failed command
     changed_at: float = 0.0          # monotonic time of the last up/down change
     current: int = field(default=0, repr=False)   # smooth weighted round-robin state
 
@@ -141,6 +148,9 @@ class MediaPool:
             self._ping_task = asyncio.create_task(self._ping_loop(), name="rtpengine-ping")
 
     async def close(self) -> None:
+        for inst in self.instances:
+            if inst.verifying is not None:
+                inst.verifying.cancel()
         if self._ping_task is not None:
             self._ping_task.cancel()
             try:
@@ -185,9 +195,32 @@ class MediaPool:
             log.error("rtpengine %s is down: %s", inst.address, why)
 
     def _request_failed(self, inst: Instance, exc: NgUnavailable) -> None:
+        """A command got no answer: count it, and let a ping decide whether the instance is down."""
+        inst.command_failures += 1
         inst.last_error = str(exc)
-        if inst.healthy:
-            self._set_health(inst, False, f"request failed: {exc}")
+        if inst.healthy and inst.verifying is None:
+            inst.verifying = asyncio.get_running_loop().create_task(self._verify(inst, exc))
+
+    async def _verify(self, inst: Instance, exc: NgUnavailable) -> None:
+        try:
+            try:
+                await inst.client.ping(timeout=self.ping_timeout)
+            except NgException as ping_exc:
+                inst.failures += 1
+                inst.last_error = str(ping_exc)
+                if inst.healthy:
+                    self._set_health(inst, False, f"a command got no answer ({exc}) and the ping "
+                                                  f"that checked it failed too ({ping_exc})")
+                return
+            log.warning("rtpengine %s: a command got no answer (%s); it answers pings, so it stays up "
+                        "(%d such commands so far)", inst.address, exc, inst.command_failures)
+        finally:
+            inst.verifying = None
+
+    async def settle(self) -> None:
+        """Wait for the pings that check instances after failed commands (tests, shutdown)."""
+        await asyncio.gather(*(i.verifying for i in self.instances if i.verifying is not None),
+                             return_exceptions=True)
 
     async def _ping_loop(self) -> None:
         while True:
@@ -371,6 +404,7 @@ class MediaPool:
                 "weight": i.weight,
                 "healthy": i.healthy,
                 "failures": i.failures,
+                "command_failures": i.command_failures,
                 "last_error": i.last_error,
                 "calls": owned.get(id(i), 0),
                 "rtt": i.client.rtt.summary(),

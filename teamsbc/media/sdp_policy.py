@@ -47,6 +47,7 @@ an answer rides in a request.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
 
 __all__ = [
@@ -66,6 +67,9 @@ __all__ = [
     "sdp_size",
     "sdp_size_ok",
     "SDP_LIMIT_UDP",
+    "SdpLimits",
+    "limit_problem",
+    "reply_bound",
 ]
 
 Side = Literal["pbx", "teams"]
@@ -154,6 +158,7 @@ def offer(
     sdes_lifetime: bool = False,
     hold_inactive: bool = True,
     inject_dtmf: bool = False,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """The ``offer`` command for an SDP offer travelling ``toward`` "pbx" or "teams".
 
@@ -170,9 +175,13 @@ def offer(
     ``inject_dtmf``: the ``inject-DTMF`` flag, which rtpengine needs in the offer and the answer
     before ``play DTMF`` can put RFC 4733 events into the stream (it then routes all audio of
     the call through its transcoding engine).
+    ``label``: names the offerer's side in rtpengine ("caller" on the initial offer), which its
+    statistics then carry (media/stats.py).
     """
     _check(toward, ice)
     cmd = _base("offer", sdp, call_id, from_tag, to_tag)
+    if label:
+        cmd["label"] = label
     flags = list(_COMMON_FLAGS)
     cmd["replace"] = list(_REPLACE)
     if toward == "pbx":
@@ -210,16 +219,20 @@ def answer(
     ice: IceMode = "lite",
     sdes_lifetime: bool = False,
     inject_dtmf: bool = False,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """The ``answer`` command for an SDP answer travelling ``toward`` the original offerer.
 
     No codec policy here: the answerer picked from what the offer allowed, and stripping again
-    could remove the codec it picked.
+    could remove the codec it picked. ``label`` names the answerer's side (rtpengine 10.5 puts
+    the label of an answer on the to-tag's side): "callee" on the answer to the initial offer.
     """
     _check(toward, ice)
     if not to_tag:
         raise ValueError("an answer needs the to-tag of the answering side")
     cmd = _base("answer", sdp, call_id, from_tag, to_tag)
+    if label:
+        cmd["label"] = label
     cmd["replace"] = list(_REPLACE)
     cmd.update(_side_options(toward, ice=ice, sdes_lifetime=sdes_lifetime))
     if toward == "pbx":
@@ -324,3 +337,55 @@ def sdp_size_ok(sdp: str | bytes, limit: int = SDP_LIMIT_UDP) -> bool:
     ``500`` with a reason naming the size and the limit, or use TCP toward the PBX.
     """
     return sdp_size(sdp) <= limit
+
+
+# --------------------------------------------------------------------------- limits (issue 12)
+
+# What rtpengine 10.5 adds per m-line toward Teams (a=crypto, ICE candidates, ice-ufrag/pwd,
+# rtcp-mux, a=rtcp): 320-390 bytes measured; a reply is bounded by the SDP plus this per m-line.
+REPLY_GROWTH_PER_MEDIA = 1024
+REPLY_OVERHEAD = 2048            # the reply's other keys, bencode framing, the cookie
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class SdpLimits:
+    """What an SDP may hold before any of it reaches rtpengine (media.max_* in the config).
+
+    rtpengine 10.5 takes any SDP: 300 m-lines abort it (bencode.c: 'str_len <= 99999'), 250
+    make an NG reply too large for a UDP datagram, 2,900 use up its ports. Teams sends one
+    m-line (audio), sometimes video and data; a PBX the same."""
+    max_media_lines: int = 8
+    max_size: int = 16384
+    max_attributes: int = 256
+    max_line_length: int = 1024
+
+
+def limit_problem(sdp: str, limits: SdpLimits) -> str | None:
+    """Which limit this SDP exceeds, naming the configuration key, or None. Also refused:
+    control characters (NUL, lone CR...) in a line: RFC 4566 5 allows none."""
+    size = sdp_size(sdp)
+    if size > limits.max_size:
+        return f"SDP of {size} bytes exceeds media.max_sdp_size ({limits.max_size})"
+    lines = sdp.split("\n")
+    media = attributes = 0
+    for line in lines:
+        if len(line) > limits.max_line_length + 1:   # + the CR of a CRLF line end
+            return (f"SDP line of {len(line.rstrip(chr(13)))} characters exceeds media.max_sdp_line_length "
+                    f"({limits.max_line_length})")
+        if line[:2] == "m=":
+            media += 1
+        elif line[:2] == "a=":
+            attributes += 1
+    if media > limits.max_media_lines:
+        return f"SDP with {media} m-lines exceeds media.max_media_lines ({limits.max_media_lines})"
+    if attributes > limits.max_attributes:
+        return f"SDP with {attributes} attributes exceeds media.max_sdp_attributes ({limits.max_attributes})"
+    if _CONTROL.search(sdp.replace("\r\n", "\n")):
+        return "SDP with a control character (RFC 4566 5)"
+    return None
+
+
+def reply_bound(sdp: str) -> int:
+    """An upper bound of the size of rtpengine's reply to a command carrying this SDP."""
+    return sdp_size(sdp) + REPLY_OVERHEAD + REPLY_GROWTH_PER_MEDIA * max(1, sdp.count("\nm=") + sdp.startswith("m="))

@@ -12,6 +12,10 @@
       ping_interval: 5.0                 # s between health pings of each instance
       down_after: 2                      # failed pings in a row -> instance down
       max_sdp_to_pbx: 1300               # bytes; larger SDP toward a UDP PBX refused
+      max_media_lines: 8                 # an SDP (either leg) beyond any of these four: 488,
+      max_sdp_size: 16384                #   with a Warning naming the limit, and nothing
+      max_sdp_attributes: 256            #   goes to rtpengine
+      max_sdp_line_length: 1024
       hold_inactive: true                # a=sendonly hold toward Teams as a=inactive
       sdes_lifetime: false               # send |2^31 in our keys toward Teams
       info_dtmf: false                   # SIP INFO DTMF from the PBX -> RFC 4733 toward Teams
@@ -44,6 +48,10 @@ class MediaSection:
     hold_inactive: bool = True        # hold toward Teams as a=inactive (reference 8)
     sdes_lifetime: bool = False       # send |2^31 with our SDES keys toward Teams
     info_dtmf: bool = False           # INFO DTMF from the PBX played as RFC 4733 (rtpengine `play DTMF`)
+    max_media_lines: int = 8          # SDP limits before anything reaches rtpengine (issue 12)
+    max_sdp_size: int = 16384
+    max_sdp_attributes: int = 256
+    max_sdp_line_length: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +149,8 @@ def parse_instance(spec: str | Mapping[str, Any] | InstanceSpec) -> InstanceSpec
 def parse_media(r: SettingsReader, data: dict) -> MediaSection:
     m = r.section(data, "media", {"rtpengine", "pbx_codecs", "interfaces", "timeout", "teams_ice",
                                   "ping_interval", "down_after", "max_sdp_to_pbx", "hold_inactive",
-                                  "sdes_lifetime", "info_dtmf"}, required=False)
+                                  "sdes_lifetime", "info_dtmf", "max_media_lines", "max_sdp_size",
+                                  "max_sdp_attributes", "max_sdp_line_length"}, required=False)
     rtp = m.get("rtpengine", []) or []
     if not isinstance(rtp, list) or not all(isinstance(x, str) for x in rtp):
         r.err("media.rtpengine", "must be a list of rtpengine addresses like udp:127.0.0.1:22222")
@@ -175,5 +184,24 @@ def parse_media(r: SettingsReader, data: dict) -> MediaSection:
     media_timeout = float(r.number(m, "media", "timeout", 2.0, 0.2, 30))
     teams_ice = r.str_(m, "media", "teams_ice", "lite", ("lite", "remove")) or "lite"
     ping_iv = float(r.number(m, "media", "ping_interval", 5.0, 0.5, 300))
+    max_media = r.whole(m, "media", "max_media_lines", 8, 1, 64)
+    max_size = r.whole(m, "media", "max_sdp_size", 16384, 1024, 65535)
+    max_attrs = r.whole(m, "media", "max_sdp_attributes", 256, 16, 4096)
+    max_line = r.whole(m, "media", "max_sdp_line_length", 1024, 128, 8192)
+    worst = max_size + 2048 + 1024 * max_media   # sdp_policy.reply_bound of the largest SDP allowed
+    if worst > UDP_NG_REPLY_MAX and any(_scheme(x) == "udp" for x in rtp):
+        r.err("media.max_sdp_size", f"with media.max_media_lines {max_media}, rtpengine's reply could reach "
+              f"{worst} bytes, more than one UDP datagram: lower them, or use http:// or ws:// for rtpengine")
     return MediaSection(tuple(rtp), tuple(codecs), ifaces, media_timeout, teams_ice, ping_iv,
-                        down_after, max_sdp, hold_inactive, sdes_lifetime, info_dtmf)
+                        down_after, max_sdp, hold_inactive, sdes_lifetime, info_dtmf, max_media, max_size,
+                        max_attrs, max_line)
+
+
+UDP_NG_REPLY_MAX = 65_535 - 28   # one UDP datagram over IPv4, without IP and UDP headers
+
+
+def _scheme(spec: str) -> str:
+    try:
+        return parse_instance(spec).address.scheme
+    except ValueError:
+        return ""

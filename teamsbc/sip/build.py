@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .errors import ProtocolError
+from . import grammar as g
 from .grammar import MAGIC_COOKIE
 from .message import Headers, Request, Response
 
@@ -91,8 +92,8 @@ def bare_error_response(data: bytes, err: ProtocolError) -> bytes | None:
     cseq = wanted["cseq"][:1]
     if not (vias and fr and to and cid and cseq):
         return None
-    if any(c in v for v in vias + fr + to + cid + cseq for c in "\r\n\0"):
-        return None
+    # control characters (the likely reason of the 400) are never echoed back
+    vias, fr, to, cid, cseq = ([g.CONTROL_RE.sub("", v) for v in vs] for vs in (vias, fr, to, cid, cseq))
     out = [f"SIP/2.0 {err.status} {err.reason}"]
     out += [f"Via: {v}" for v in vias]
     out += [f"From: {fr[0]}", f"To: {to[0]}", f"Call-ID: {cid[0]}", f"CSeq: {cseq[0]}",

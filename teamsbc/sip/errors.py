@@ -3,6 +3,8 @@
     ProtocolError            reason + status: what to answer (`400 Bad CSeq`) and log
       ParseError             the PEER sent something malformed (RemoteProtocolError in h11):
                              answered with `status reason` when a response can be built
+        MessageTooLarge      the peer's message, relayed, would not fit the next hop's
+                             transport (513, RFC 3261 21.5.11; `detail` for a Warning)
       LocalProtocolError     WE were about to do something the protocol forbids (a relay
                              state transition that does not exist): a bug of ours, logged with
                              its traceback and answered 500, never a crash of the SBC
@@ -29,3 +31,12 @@ class LocalProtocolError(ProtocolError):
 
     def __init__(self, reason: str, status: int = 500):
         super().__init__(reason, status)
+
+
+class MessageTooLarge(ParseError):
+    """The message would leave as a UDP datagram larger than the path takes unfragmented
+    (RFC 3261 18.1.1): 513, with `detail` saying which limit, for a Warning and the log."""
+
+    def __init__(self, detail: str):
+        super().__init__("Message Too Large", 513)
+        self.detail = detail

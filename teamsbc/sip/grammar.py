@@ -14,6 +14,10 @@ MAX_LINE_LENGTH = 8_192            # the start line, and each header field as it
                                    # back ("Name: value" after unfolding), without CRLF
 MAX_STREAM_BUFFER = 2 * MAX_MESSAGE_SIZE  # unparsed bytes held per connection (513)
 
+# RFC 3261 25.1: header values are TEXT-UTF8 and LWS: no control character but HTAB (CR and LF
+# only as line ends). NUL, ESC, DEL... relayed to the other leg are a parser differential at best.
+CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
 # RFC 3261 25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 TOKEN_RE = re.compile(TOKEN + r"\Z")

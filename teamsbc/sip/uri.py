@@ -122,8 +122,10 @@ def parse_uri(text: str) -> SipUri:
 def parse_params(text: str) -> dict[str, str | None]:
     """`a=b;c;d=e` -> {'a': 'b', 'c': None, 'd': 'e'} (keys lower-cased, values as on the wire)."""
     params: dict[str, str | None] = {}
-    # a quoted value may hold ";" (+sip.instance="<urn:...>", RFC 5626)
-    for item in split_quoted(text, ";") if '"' in text else text.split(";"):
+    # a quoted value may hold ";" (+sip.instance="<urn:...>", RFC 5626); the ";" added makes
+    # split_quoted judge the quotes of a single parameter too (a lone quote in a Via branch
+    # parsed, then failed once the proxy added received=: issue 12 fuzzing)
+    for item in split_quoted(text + ";", ";") if '"' in text else text.split(";"):
         item = item.strip()
         if not item:
             continue

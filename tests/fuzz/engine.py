@@ -276,6 +276,13 @@ class Fuzzer:
         for s in sends:
             if isinstance(s, MediaCall):
                 continue
+            # no request over pbx.max_udp_size toward a UDP PBX (an answer to the PBX's own
+            # request echoes its Vias, RFC 3261 8.2.6.2, and may be as large as that request)
+            limit = self.proxy.policy.udp_limit
+            if (isinstance(s.to, Destination) and s.to.leg == PBX and s.to.transport == "udp" and limit
+                    and len(s.data) > limit):
+                self.report.failures.append(Failure("datagram over pbx.max_udp_size", self.last_input,
+                                                    f"{len(s.data)} bytes: {s.data[:300]!r}"))
             if not isinstance(s.to, Destination):
                 continue
             if s.token is not None and self.rng.random() < 0.04:

@@ -1,0 +1,153 @@
+"""Run `teamsbc run ...` unchanged, with instruments for the soak (bench/soak.py):
+
+    python bench/soak_probe.py OUT.json run -c teamsbc.yaml
+
+- every cyclic collection, timed with gc.callbacks (start/stop): time since start, generation,
+  duration, objects collected; a collection runs with the GIL held, so its duration is a pause
+  of the event loop;
+- every minute: RSS (/proc/self/status), the collector's counters (gc.get_count, get_stats);
+- tracemalloc: started at SOAK_TM_START seconds (default 240; SOAK_TM_FRAMES frames, default 1: each more frame costs), snapshots at
+  SOAK_TM_A and SOAK_TM_B (default 300 and 1500 = 5 and 25 minutes) dumped to OUT.json.a.snapshot
+  and .b.snapshot (bench/soak.py compares them after the run), stopped after the second;
+- once, at SOAK_CYCLES seconds (default 600): one full collection with gc.DEBUG_SAVEALL, the
+  types of the objects that were in reference cycles (what only the cyclic collector frees);
+- at SOAK_CENSUS seconds (default 300,1500): every object the collector knows (frozen ones
+  too) counted by type, with RSS and sys.getallocatedblocks(): what holds the memory.
+
+The teamsbc code, its GC settings included, runs as `python -m teamsbc` would run it. Everything
+is written to OUT.json at every minute and when the process exits (SIGTERM: graceful stop).
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import gc
+import json
+import os
+import runpy
+import sys
+import threading
+import time
+import tracemalloc
+
+T0 = time.monotonic()
+FRAMES = int(os.environ.get("SOAK_TM_FRAMES", 1))
+_pending: dict[int, float] = {}
+_forced: list[bool] = [False]
+pauses: list[tuple[float, int, float, int, bool]] = []   # (t, generation, ms, collected, forced by us)
+minutes: list[dict] = []
+tm: dict = {}
+cycles: dict = {}
+censuses: list[dict] = []
+
+
+def _census(t: float) -> dict:
+    """Every object the collector knows of, frozen ones included (teamsbc.collector freezes
+    what survives a second), by type: what holds the memory, without tracemalloc's cost."""
+    t1 = time.perf_counter()
+    gc.disable()
+    try:
+        frozen = gc.get_freeze_count()
+        gc.unfreeze()
+        kinds = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        gc.freeze()
+    finally:
+        gc.enable()
+    return {"t": round(t, 1), "rss_kib": _rss_kib(), "objects": sum(kinds.values()), "frozen": frozen,
+            "blocks": sys.getallocatedblocks(), "types": kinds.most_common(30),
+            "ms": round((time.perf_counter() - t1) * 1e3, 1)}
+
+
+def _rss_kib() -> int:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _gc_cb(phase: str, info: dict) -> None:
+    now = time.perf_counter()
+    if phase == "start":
+        _pending[0] = now
+    else:
+        start = _pending.pop(0, now)
+        pauses.append((round(time.monotonic() - T0, 3), info["generation"],
+                       round((now - start) * 1000.0, 3), info.get("collected", 0), _forced[0]))
+
+
+def _dump(path: str) -> None:
+    data = {"pauses": pauses, "minutes": minutes, "tracemalloc": tm, "cycles": cycles, "censuses": censuses,
+            "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+def _sampler(path: str) -> None:
+    tm_start = float(os.environ.get("SOAK_TM_START", 240))
+    tm_a = float(os.environ.get("SOAK_TM_A", 300))
+    tm_b = float(os.environ.get("SOAK_TM_B", 1500))
+    cycles_at = float(os.environ.get("SOAK_CYCLES", 600))
+    census_at = [float(x) for x in os.environ.get("SOAK_CENSUS", "300,1500").split(",") if x]
+    snap_a = None
+    next_minute = 60.0
+    while True:
+        time.sleep(1.0)
+        t = time.monotonic() - T0
+        if t >= tm_start and "started" not in tm:
+            tracemalloc.start(FRAMES)
+            tm["started"] = round(t, 1)
+        # Snapshots are dumped to files and compared by bench/soak.py after the run: comparing
+        # them here would hold the GIL for seconds and stall the SBC under test.
+        if t >= tm_a and "a_at" not in tm and "started" in tm:
+            t1 = time.perf_counter()
+            tracemalloc.take_snapshot().dump(path + ".a.snapshot")
+            tm["a_at"] = round(t, 1)
+            tm["a_ms"] = round((time.perf_counter() - t1) * 1e3, 1)
+            tm["a_traced_kib"] = round(tracemalloc.get_traced_memory()[0] / 1024, 1)
+        if t >= tm_b and "a_at" in tm and "b_at" not in tm:
+            t1 = time.perf_counter()
+            tracemalloc.take_snapshot().dump(path + ".b.snapshot")
+            tm["b_at"] = round(t, 1)
+            tm["b_ms"] = round((time.perf_counter() - t1) * 1e3, 1)
+            tm["b_traced_kib"] = round(tracemalloc.get_traced_memory()[0] / 1024, 1)
+            tracemalloc.stop()
+            tm["stopped"] = round(time.monotonic() - T0, 1)
+        if census_at and t >= census_at[0]:
+            census_at.pop(0)
+            censuses.append(_census(t))
+        if t >= cycles_at and not cycles:
+            t1 = time.perf_counter()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            _forced[0] = True
+            try:
+                found = gc.collect()
+                kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
+            finally:
+                _forced[0] = False
+                gc.set_debug(0)
+                gc.garbage.clear()
+            cycles.update({"at": round(t, 1), "objects_in_cycles": found,
+                           "types": kinds.most_common(20), "ms": round((time.perf_counter() - t1) * 1e3, 1)})
+        if t >= next_minute:
+            minutes.append({"t": round(t, 1), "rss_kib": _rss_kib(), "gc_count": gc.get_count(),
+                            "gc_stats": gc.get_stats(), "tracemalloc_on": tracemalloc.is_tracing()})
+            next_minute += 60.0
+            _dump(path)
+
+
+def main() -> None:
+    path, args = sys.argv[1], sys.argv[2:]
+    gc.callbacks.append(_gc_cb)
+    atexit.register(_dump, path)
+    threading.Thread(target=_sampler, args=(path,), name="soak-probe", daemon=True).start()
+    sys.argv = ["teamsbc", *args]
+    runpy.run_module("teamsbc", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
