@@ -723,6 +723,7 @@ class Topology:
     rtpengine: Any = None
     rtpengines: int = 1          # teamsbc with media: 2 = a spare instance in media.rtpengine too
     rtpengine_spare: Any = None
+    certificate: tuple[Path, Path] | None = None  # teamsbc: (fullchain, key) of its own, not the PKI's
     _uacs: dict = field(default_factory=dict)
 
     def start(self) -> "Topology":
@@ -766,6 +767,9 @@ class Topology:
                 workers, cpus, launch = teamsbc_variant(variant)
                 if workers:
                     extra.setdefault("sbc", {})["workers"] = workers
+                if self.certificate:
+                    extra.setdefault("teams", {}).update(certificate=str(self.certificate[0]),
+                                                         private_key=str(self.certificate[1]))
                 if self.rtpengine:
                     extra["media"] = {"rtpengine": [self.rtpengine.ng_udp] + (
                                           [self.rtpengine_spare.ng_udp] if self.rtpengine_spare else []),
