@@ -64,16 +64,17 @@ def main() -> int:
     ap.add_argument("--out", default=str(BENCH / "results"), help="results directory (default bench/results)")
     ap.add_argument("--scratch", default=str(BENCH / "scratch"), help="sipp/proxy work files (default bench/scratch)")
     ap.add_argument("--rev", help="measure teamsbc as committed at this git revision (default: the working tree)")
-    ap.add_argument("--scenarios", help="comma list of udp-udp,tls-udp,udp-tls (default all)")
+    ap.add_argument("--scenarios", help="comma list of udp-udp,tls-udp,udp-tls, each optionally +rtpengine (default all)")
     ap.add_argument("--ladder", help="comma list of call rates to step through")
     ap.add_argument("--date", help="results file name date (default today)")
     ap.add_argument("--stem", help="results file name without .md (default <date> or <date>-quick)")
-    ap.add_argument("--phases", help="comma list of ladder,latency,hold,profile (default all; "
-                    "latency needs ladder)")
+    ap.add_argument("--phases", help="comma list of ladder,latency,hold,profile,events (default all; "
+                    "latency needs ladder; events alone runs at 50/s)")
     ap.add_argument("--systems", help="comma list of the proxies to measure (default all: teamsbc, "
                     "teamsbc+VARIANT, kamailio); sipp->sipp direct always runs")
     ap.add_argument("--variants", help="also measure teamsbc what-ifs run by bench/launch_teamsbc.py "
-                    "(comma list: gc-freeze, gc-off); not part of the default run")
+                    "(comma list of words joined by '-': w2 = sbc.workers 2, cpu1 = taskset to one core, "
+                    "gc-freeze, gc-off; e.g. w2,cpu1,w2-cpu1); not part of the default run")
     args = ap.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -517,16 +517,18 @@ class Kamailio:
 class ProfiledSbc(SbcProcess):
     """SbcProcess, optionally run under cProfile (python -m cProfile -o FILE -m teamsbc run)."""
 
-    def __init__(self, *a, profile_to: Path | None = None, launcher: list[str] | None = None, **kw):
+    def __init__(self, *a, profile_to: Path | None = None, launcher: list[str] | None = None,
+                 cpus: str | None = None, **kw):
         super().__init__(*a, **kw)
         self.profile_to = profile_to
         self.launcher = launcher  # python arguments that run teamsbc instead of "-m teamsbc"
+        self.cpus = cpus          # taskset -c CPUS: the cores every worker may run on
 
     def start(self, timeout: float = 20.0) -> "ProfiledSbc":
         import yaml
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.generation += 1
-        argv = [sys.executable]
+        argv = (["taskset", "-c", self.cpus] if self.cpus else []) + [sys.executable]
         if self.profile_to is not None:
             argv += ["-m", "cProfile", "-o", str(self.profile_to)]
         argv += (self.launcher or ["-m", "teamsbc"]) + ["run", "-c", str(self.config_path)]
@@ -538,10 +540,28 @@ class ProfiledSbc(SbcProcess):
         return self
 
     def pids(self) -> list[int]:
-        return [self.process.pid] if self.process and self.process.running else []
+        """The main process and its workers (sbc.workers: forked, same process group)."""
+        return group_pids(self.process.pid) if self.process and self.process.running else []
 
     def log_text(self) -> str:
         return self.process.stderr_text() + self.process.stdout_text() if self.process else ""
+
+
+def teamsbc_variant(variant: str) -> tuple[int | None, str | None, str | None]:
+    """teamsbc+VARIANT: (sbc.workers, taskset cores, launch_teamsbc.py what-if). VARIANT is
+    words joined by "-": `w2` (sbc.workers: 2), `cpu1` (taskset -c 0: one core for all its
+    processes; `cpu2` = cores 0-1), `gc-freeze` / `gc-off` (bench/launch_teamsbc.py)."""
+    workers = cpus = None
+    rest = []
+    for word in variant.split("-") if variant else []:
+        if re.fullmatch(r"w[0-9]+", word):
+            workers = int(word[1:])
+        elif re.fullmatch(r"cpu[0-9]+", word):
+            n = int(word[3:])
+            cpus = "0" if n == 1 else f"0-{n - 1}"
+        else:
+            rest.append(word)
+    return workers, cpus, "-".join(rest) or None
 
 
 # What the bench changes in teamsbc's configuration, and why. Keys this teamsbc does not know
@@ -701,6 +721,9 @@ class Topology:
     runs: int = 0
     startup_options: int | None = None  # teamsbc's start-up OPTIONS the responder answered
     rtpengine: Any = None
+    rtpengines: int = 1          # teamsbc with media: 2 = a spare instance in media.rtpengine too
+    rtpengine_spare: Any = None
+    certificate: tuple[Path, Path] | None = None  # teamsbc: (fullchain, key) of its own, not the PKI's
     _uacs: dict = field(default_factory=dict)
 
     def start(self) -> "Topology":
@@ -708,7 +731,10 @@ class Topology:
         pki = self.pki
         sysname, _, variant = self.system.partition("+")  # teamsbc+gc-off: a what-if launcher
         if media and sysname != "direct":
-            self.rtpengine = start_rtpengine(self.procs)
+            two = self.rtpengines > 1 and sysname == "teamsbc"
+            self.rtpengine = start_rtpengine(self.procs, largest=1600 if two else None)
+            if two:  # half the port range each
+                self.rtpengine_spare = start_rtpengine(self.procs, largest=1600)
         self.workdir.mkdir(parents=True, exist_ok=True)
         teams_in = s == "tls-udp"
         teams_out = s == "udp-tls"
@@ -738,16 +764,24 @@ class Topology:
                 if s == "udp-udp":
                     raise ValueError("teamsbc has no UDP Teams leg")
                 extra = {sec: dict(v) for sec, v in self.sbc_overrides.items()}
+                workers, cpus, launch = teamsbc_variant(variant)
+                if workers:
+                    extra.setdefault("sbc", {})["workers"] = workers
+                if self.certificate:
+                    extra.setdefault("teams", {}).update(certificate=str(self.certificate[0]),
+                                                         private_key=str(self.certificate[1]))
                 if self.rtpengine:
-                    extra["media"] = {"rtpengine": [self.rtpengine.ng_udp],
+                    extra["media"] = {"rtpengine": [self.rtpengine.ng_udp] + (
+                                          [self.rtpengine_spare.ng_udp] if self.rtpengine_spare else []),
                                       "interfaces": {"teams": "pub", "pbx": "priv"}}
                 self.proxy = ProfiledSbc(self.workdir, self.procs, pki,
                                          teams_resolve={n: server_port for n in TEAMS_NAMES},
                                          pbx_transport="udp", pbx_port=self.uas_port,
                                          extra=extra,
                                          profile_to=self.profile_to,
-                                         launcher=self.launcher or ([str(Path(__file__).parent / "launch_teamsbc.py"), variant]
-                                                                    if variant else None))
+                                         launcher=self.launcher or ([str(Path(__file__).parent / "launch_teamsbc.py"), launch]
+                                                                    if launch else None),
+                                         cpus=cpus)
                 proxy_teams_port, proxy_pbx_port = self.proxy.teams_port, self.proxy.pbx_listen_port
             else:
                 raise ValueError(sysname)
@@ -834,20 +868,21 @@ class Topology:
                 pass
         if self.stunnel is not None:
             self.stunnel.stop()
-        if self.rtpengine is not None:
-            self.rtpengine.stop()
-            from tests.support.rtpengine import release_port_window
-            release_port_window(self.rtpengine.port_min)  # now, not when the object is collected
+        for engine in (self.rtpengine, self.rtpengine_spare):
+            if engine is not None:
+                engine.stop()
+                from tests.support.rtpengine import release_port_window
+                release_port_window(engine.port_min)  # now, not when the object is collected
 
 
-def start_rtpengine(procs: ProcessManager):
+def start_rtpengine(procs: ProcessManager, largest: int | None = None):
     """A user-space rtpengine (tests.support.rtpengine: interfaces pub/127.0.0.1 toward Teams,
     priv/127.0.0.2 toward the PBX) with a media port window as large as the machine allows:
     every call holds 4 ports (2 legs x RTP/RTCP) until its BYE (or rtpengine's own timeout for
     a call that failed before it), so the window bounds the calls in flight."""
     from tests.support.rtpengine import RtpEngine
     last: Exception | None = None
-    for window in (4400, 4000, 3200, 2400, 1600, 800, 400):
+    for window in [w for w in (4400, 4000, 3200, 2400, 1600, 800, 400) if largest is None or w <= largest]:
         try:
             return RtpEngine(procs, window=window, http=False).start()
         except RuntimeError as e:

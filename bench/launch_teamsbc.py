@@ -9,6 +9,7 @@ Variants:
               700 -> 50,000 so collections are rarer (each is still bounded by what it walks)
   gc-off      gc.disable(): no cyclic collection at all (teamsbc's garbage is freed by
               reference counting; a gen-2 collection under load found ~0 cycles)
+  uvloop      asyncio on libuv (uvloop's event loop policy), when uvloop is installed
 """
 import gc
 import runpy
@@ -26,6 +27,11 @@ def main() -> None:
         gc.set_threshold(50_000, 20, 100)
     elif variant == "gc-off":
         gc.disable()
+    elif variant == "uvloop":
+        import asyncio
+
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     else:
         raise SystemExit(f"unknown variant {variant!r}")
     sys.argv = ["teamsbc", *args]

@@ -98,3 +98,16 @@ def grow_receive_buffer(sock: socket.socket, what: str, size: int = UDP_RECEIVE_
             "" if got >= size else
             f" (wanted {size // 1024}: raise net.core.rmem_max or grant CAP_NET_ADMIN)")
     return got
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to host:port, non-blocking (the PBX leg: bound before sbc.workers
+    fork, so every worker sends from the one address the PBX knows)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

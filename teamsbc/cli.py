@@ -68,7 +68,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             from .labdefault import serve_with_peers
             asyncio.run(serve_with_peers(c))   # the lab: simulated Teams and PBX too
         else:
-            asyncio.run(serve(c))
+            team = None
+            if c.sbc.workers > 1:  # before any loop or thread: fork is only safe here
+                from .addresses import bind_udp
+                from .keyfile import keyring
+                from .workers import fork_workers
+                keyring(c.sbc)  # a first start creates the secret file once, not once per worker
+                udp = bind_udp(c.pbx.listen.host, c.pbx.listen.port) if c.pbx.transport == "udp" else None
+                team = fork_workers(c.sbc.workers, udp)
+            asyncio.run(serve(c, team=team))
+            if team is not None and not team.primary:
+                logging.shutdown()
+                os._exit(0)  # a forked worker: nothing of the parent's exit path is ours
     except SecretFileError as e:
         log.error("sealing secret unusable: %s", e)
         return 2

@@ -27,7 +27,8 @@ from .security_settings import SecuritySection, parse_security
 from .settings import ConfigError, SettingsReader, read_yaml
 from .trunk_settings import (TEAMS_PROXIES, LogSection, NumbersSection, PbxSection, SbcSection,
                              TeamsSection, TenantSection, parse_certs_dir, parse_log, parse_numbers,
-                             parse_pbx, parse_sbc, parse_sbc_keys, parse_teams)
+                             parse_pbx, parse_sbc, parse_sbc_keys, parse_teams,
+                             parse_workers)
 
 __all__ = ["Config", "ConfigError", "load", "from_dict", "TEAMS_PROXIES", "SbcSection", "TeamsSection",
            "TenantSection", "PbxSection", "NumbersSection", "LogSection", "MediaSection",
@@ -71,6 +72,7 @@ def _assemble(r: SettingsReader, data: Any) -> Config:
             r.err(k, f"unknown section (known: {', '.join(sorted(SECTIONS))})")
     fqdn = parse_sbc(r, data)
     secret, previous_secret, secret_file = parse_sbc_keys(r, data)
+    workers = parse_workers(r, data)
     certs_dir = parse_certs_dir(r, data)
     teams = parse_teams(r, data, fqdn, certs_dir)
     pbx = parse_pbx(r, data, fqdn)
@@ -84,6 +86,6 @@ def _assemble(r: SettingsReader, data: Any) -> Config:
     capture = parse_capture(r, data.get("capture"))
     r.raise_errors()
     assert fqdn and teams and pbx
-    return Config(sbc=SbcSection(fqdn, secret, previous_secret, secret_file), teams=teams, pbx=pbx, media=media, numbers=numbers, log=log,
+    return Config(sbc=SbcSection(fqdn, secret, previous_secret, secret_file, workers), teams=teams, pbx=pbx, media=media, numbers=numbers, log=log,
                   certs_dir=certs_dir, source=r.source, acme=acme, security=security, admin=admin,
                   cdr=cdr, capture=capture)

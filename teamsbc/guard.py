@@ -164,8 +164,19 @@ class Guard:
     terminated = False  # on the proxy's timer heap (add_timed) for reports and housekeeping
 
     def __init__(self, config: Config,
-                 tenant_of_call: Callable[[Request, Source], str | None] | None = None):
+                 tenant_of_call: Callable[[Request, Source], str | None] | None = None, *,
+                 share: float = 1.0, on_ban: Callable[[str, float], None] | None = None):
+        """`share`: the part of the calls this guard sees (1/N with sbc.workers = N: each
+        worker enforces its share of every rate, burst and call limit, rounded up, so the
+        SBC as a whole never admits more than configured). `on_ban(ip, until)`: a ban this
+        guard decided, for the other workers (`ban`)."""
         s = self.settings = config.security
+        self.on_ban = on_ban
+        part = (lambda v: v * share) if share < 1.0 else (lambda v: v)
+        whole = (lambda v: -(-v * share // 1) if v else v) if share < 1.0 else (lambda v: v)
+        self.max_calls = int(whole(s.max_calls))
+        self.max_calls_per_tenant = int(whole(s.max_calls_per_tenant))
+        self.ban_after = int(whole(s.ban_after))
         self.base = config.sbc.fqdn
         self.tenants = set(config.teams.tenants)
         self._tenant_of_call = tenant_of_call  # carrier mode: routing.Router.tenant_of_call
@@ -180,11 +191,11 @@ class Guard:
         self._ua = tuple(u.lower() for u in s.scanner_user_agents)
         cap = s.max_sources
         self._requests = {
-            STRANGER: TokenBuckets(s.stranger_rate, s.stranger_burst, cap),
-            PBX_CLASS: TokenBuckets(s.pbx_rate, s.pbx_burst, cap),
-            TEAMS_CLASS: TokenBuckets(s.teams_rate, s.teams_burst, cap),
+            STRANGER: TokenBuckets(part(s.stranger_rate), whole(s.stranger_burst), cap),
+            PBX_CLASS: TokenBuckets(part(s.pbx_rate), whole(s.pbx_burst), cap),
+            TEAMS_CLASS: TokenBuckets(part(s.teams_rate), whole(s.teams_burst), cap),
         }
-        self._strangers = TokenBuckets(s.strangers_rate, s.strangers_burst, 1)
+        self._strangers = TokenBuckets(part(s.strangers_rate), whole(s.strangers_burst), 1)
         self._connects = {
             STRANGER: TokenBuckets(s.stranger_connect_rate, s.stranger_connect_burst, cap),
             TEAMS_CLASS: TokenBuckets(s.teams_connect_rate, s.teams_connect_burst, cap),
@@ -399,15 +410,15 @@ class Guard:
 
     def _admit_call(self, req: Request, src: Source, now: float) -> Reply | None:
         s = self.settings
-        if not (s.max_calls or s.max_calls_per_tenant):
+        if not (self.max_calls or self.max_calls_per_tenant):
             return None
         self.calls.expire(now)
-        if s.max_calls and self.calls.count() >= s.max_calls:
+        if self.max_calls and self.calls.count() >= self.max_calls:
             self._drop("calls_total", src.addr[0])
             return self._busy(f"{s.max_calls} calls in progress (security.max_calls)")
-        if s.max_calls_per_tenant:
+        if self.max_calls_per_tenant:
             tenant = self.tenant_of(req, src)
-            if self.calls.count(tenant) >= s.max_calls_per_tenant:
+            if self.calls.count(tenant) >= self.max_calls_per_tenant:
                 self._drop("calls_tenant", src.addr[0])
                 return self._busy(f"{s.max_calls_per_tenant} calls in progress for {tenant} "
                                   "(security.max_calls_per_tenant)")
@@ -420,7 +431,7 @@ class Guard:
     def _fail(self, ip: str, klass: str, now: float) -> None:
         """One failure of a stranger; the PBX and Teams are never banned (they would lose calls)."""
         s = self.settings
-        if klass != STRANGER or s.ban_after <= 0 or s.ban_time <= 0:
+        if klass != STRANGER or self.ban_after <= 0 or s.ban_time <= 0:
             return
         q = self._failures.get(ip)
         if q is None:
@@ -432,15 +443,21 @@ class Guard:
         q.append(now)
         while q and q[0] <= now - s.ban_window:
             q.popleft()
-        if len(q) >= s.ban_after:
+        if len(q) >= self.ban_after:
             del self._failures[ip]
-            if len(self._bans) >= s.max_sources:
-                self._bans.popitem(last=False)
-            self._bans[ip] = now + s.ban_time
-            self._bans.move_to_end(ip)
+            self.ban(ip, now + s.ban_time)
             self.counters["bans"] = self.counters.get("bans", 0) + 1
             log.warning("banned %s for %gs after %d failures within %gs", ip, s.ban_time,
-                        s.ban_after, s.ban_window)
+                        len(q), s.ban_window)
+            if self.on_ban is not None:
+                self.on_ban(ip, now + s.ban_time)
+
+    def ban(self, ip: str, until: float) -> None:
+        """Refuse `ip` until `until` (this guard's decision, or another worker's)."""
+        if ip not in self._bans and len(self._bans) >= self.settings.max_sources:
+            self._bans.popitem(last=False)
+        self._bans[ip] = until
+        self._bans.move_to_end(ip)
 
     def _auth_failed(self, ip: str, now: float) -> None:
         s = self.settings

@@ -1,31 +1,33 @@
 """What a proxy checks and stamps about hops, before any routing (RFC 3261 16.3, 16.6, 18.2.1,
-RFC 3581), and the 2xx it forwards statelessly (16.7 step 10). Pure functions; the proxy passes
-its legs, its secret and its routing policy."""
+RFC 3581), the 2xx it forwards statelessly (16.7 step 10), and the answer to what cannot be
+parsed. Pure functions; the proxy passes its legs, its secret and its routing policy."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable
 
 from .decisions import Leg, RoutingPolicy, Send, Source
+from .sip.build import bare_error_response
 from .sip.errors import ParseError
 from .sip.message import Request, Response
-from .sip.uri import parse_via
+from .sip.uri import Via, parse_via
+
+log = logging.getLogger("teamsbc.proxy")
 
 
 def stamp_via(req: Request, addr: tuple[str, int]) -> None:
     """RFC 3261 18.2.1 received= and RFC 3581 rport on the top Via of a request from `addr`."""
     via = req.top_via
-    changed = False
-    if via.host.strip("[]") != addr[0]:
-        via.params["received"] = addr[0]
-        changed = True
-    if "rport" in via.params and via.params["rport"] is None:
-        via.params["rport"] = str(addr[1])
-        changed = True
-    if changed:
-        vias = req.headers.get_all("via")
-        vias[0] = str(via)
-        req.headers.replace_all("via", vias)
+    received = via.host.strip("[]") != addr[0]
+    rport = "rport" in via.params and via.params["rport"] is None
+    if received or rport:
+        via = Via(via.transport, via.host, via.port, dict(via.params), via.protocol)  # the view is shared
+        if received:
+            via.params["received"] = addr[0]
+        if rport:
+            via.params["rport"] = str(addr[1])
+        req.set_first_viewed("via", str(via), via)
 
 
 def loop_hash(req: Request, secret: str) -> str:
@@ -77,3 +79,11 @@ def stray_2xx(resp: Response, src: Source, policy: RoutingPolicy, legs: Iterable
         return []
     policy.egress(up, dest.leg, None)
     return [Send(up.to_bytes(), dest)]
+
+
+def answer_unparsable(data: bytes, src: Source, err: ParseError) -> list[Send]:
+    """Bad input never crashes anything: 400 when a response can be built (RFC 3261 16.3:
+    the request is not forwarded), else only a log line."""
+    resp = bare_error_response(data, err)
+    log.info("unparsable message from %s:%d (%s): %s", src.addr[0], src.addr[1], src.transport, err.reason)
+    return [Send(resp, src)] if resp is not None else []

@@ -246,7 +246,10 @@ class Metrics(Observer):
         for key, name, help_ in (
                 ("tls_handshakes", "teamsbc_tls_handshakes_total", "TLS handshakes completed with Teams (both directions)."),
                 ("tls_failures", "teamsbc_tls_failures_total", "TLS handshakes failed or refused (both directions)."),
-                ("cert_reloads", "teamsbc_certificate_reloads_total", "Certificates reloaded into the live TLS contexts.")):
+                ("cert_reloads", "teamsbc_certificate_reloads_total", "Certificates reloaded into the live TLS contexts."),
+                ("worker_handovers", "teamsbc_worker_handovers_total",
+                 "Messages read by one worker and handed to the worker that owns the call (sbc.workers)."),
+                ("workers", "teamsbc_workers", "Worker processes alive (sbc.workers).")):
             if key in stats:
                 w.family(name, "counter", help_, [({}, stats[key])])
         conns: dict[tuple[str, str], int] = {}

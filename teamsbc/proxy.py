@@ -19,13 +19,13 @@ from .decisions import (PBX, TEAMS, Destination, Drop, Forward, Gate, Leg, Media
                         MediaStep, Reply, RoutingPolicy, Send, Source, Target)
 from .events import CallAnswered, CallEnded, CallEvent, CallFailed, CallStarted, Counters
 from .dialog_end import ack_and_bye
-from .hops import forwardable, loop_hash, stamp_via, stray_2xx
+from .hops import answer_unparsable, forwardable, loop_hash, stamp_via, stray_2xx
 from .pbx_leg import TIMERS, PbxLeg
 from .relay import Event as E
 from .relay import MediaOp, Relay
 from .relay import State as S
 from .sip.build import branch as make_branch
-from .sip.build import bare_error_response, build_cancel
+from .sip.build import build_cancel
 from .sip.errors import LocalProtocolError, MessageTooLarge, ParseError, ProtocolError
 from .sip.message import Request, Response, make_response, parse_message, retry_after
 from .sip.transaction import (T1, ClientTransaction, Deliver, TimedOut, Transmit, TransportFailed,
@@ -69,7 +69,7 @@ class Proxy:
         except ParseError as e:
             self.stats["parse_errors"] += 1
             gate.parse_failed(src, now)
-            self._answer_unparsable(data, src, e, out)
+            out.extend(answer_unparsable(data, src, e))
             return out
         try:
             if isinstance(msg, Request):
@@ -330,6 +330,7 @@ class Proxy:
             return
         target = d.targets[relay.index]
         req = Request(d.request.method, d.request.uri, d.request.headers.copy(), d.request.body)
+        req.share_views(d.request)
         branch = make_branch(f"{relay.loop}.{self.entropy(5).hex()}")
         try:
             self._prepare_branch(req, target, branch, d.record_route, d.identity)
@@ -475,6 +476,11 @@ class Proxy:
             self.t.advance(relay, E.FINAL_SENT, now)
             if first and relay.is_invite and relay.request.to_addr.tag is None:
                 self.event(CallAnswered(relay.call_id), now)
+            if first:
+                # the transactions linger 64*T1 (RFC 6026) for retransmissions only: what
+                # was parsed of their requests is not kept for that (parsed again if needed)
+                relay.request.forget_views()
+                ctx.request.forget_views()
             return
         if relay.done:
             return
@@ -583,6 +589,7 @@ class Proxy:
         rewrite) never strands the transaction: a final one becomes 502 (a 2xx is also ACKed
         and BYEd toward the callee), a provisional one is dropped."""
         up = Response(resp.status, resp.reason, resp.headers.copy(), resp.body)
+        up.share_views(resp)
         up.headers.pop_first("via")
         try:
             self.policy.egress(up, relay.src.leg, relay.decision.identity, relay.request)
@@ -623,14 +630,6 @@ class Proxy:
 
     def _tag(self, req: Request) -> str:
         return hashlib.blake2s((req.call_id + self._secret).encode(), digest_size=6).hexdigest()
-
-    def _answer_unparsable(self, data: bytes, src: Source, err: ParseError, out: list) -> None:
-        """Bad input never crashes anything: answer 400 when a response can be built, else log."""
-        resp = bare_error_response(data, err)
-        log.info("unparsable message from %s:%d (%s): %s", src.addr[0], src.addr[1], src.transport,
-                 err.reason)
-        if resp is not None:
-            out.append(Send(resp, src))
 
     # ---------------------------------------------------------------- call events
     def event(self, ev: CallEvent, now: float) -> None:

@@ -50,11 +50,14 @@ class Router:
     """The RoutingPolicy of decisions.py."""
 
     def __init__(self, config: Config, health: HealthBook | None = None, *,
-                 entropy: Callable[[int], bytes] = os.urandom, keys: Keyring | None = None):
+                 entropy: Callable[[int], bytes] = os.urandom, keys: Keyring | None = None,
+                 owns: Callable[[str], bool] | None = None):
         """`keys`: what seals x-tsbc-c and x-tsbc-rr (teamsbc.keyfile); without them a
         throwaway key (a Router that only looks, like doctor's samples)."""
         self.config = config
         self.entropy = entropy
+        # with sbc.workers, the Call-IDs of our own requests must be this worker's (workers.py)
+        self.owns_call_id = owns or (lambda call_id: True)
         self.health = health or HealthBook()
         self.teams = TeamsIdentity(config, keys, entropy=entropy)
         pbx = config.pbx
@@ -178,7 +181,7 @@ class Router:
                 return Reply(403, "Forbidden", log="in-dialog request outside any route set of ours")
             identity = self.teams.name_of(req.ruri) or next(
                 (n for n in map(self.teams.name_of, popped) if n), None)
-            target = parse_uri(original) if original else req.ruri
+            target = parse_uri(original) if original else req.ruri.copy()
             target.headers = None  # never relay escaped headers (RFC 4475 3.1.2.11)
             if req.method == "REFER":
                 self.remember_refer(req, now)
@@ -193,7 +196,7 @@ class Router:
         hop = parse_name_addr(routes[0]).sip_uri() if routes else req.ruri
         if not self.teams.is_teams_host(hop.host):
             return Reply(403, "Forbidden", log=f"next hop {hop.host} is not a Teams host")
-        ruri = req.ruri
+        ruri = req.ruri.copy()
         ruri.headers = None
         return Forward(req, [Target(self.teams_dest(hop.host_bare, hop.port), str(ruri))], identity=identity)
 
@@ -252,7 +255,10 @@ class Router:
 
     def options_request(self, peer: str) -> tuple[Request, Destination]:
         """The OPTIONS we send: to a Teams proxy (over our own TLS connection) or to a PBX."""
-        tag, callid, token = (self.entropy(n).hex() for n in (6, 10, 8))
+        tag, token = self.entropy(6).hex(), self.entropy(8).hex()
+        callid = self.entropy(10).hex()
+        while not self.owns_call_id(f"{callid}@{self.teams.fqdn}"):
+            callid = self.entropy(10).hex()  # the answer must come back to this worker
         if peer.startswith("pbx "):
             trunk = next(hp for hp in self.trunks() if pbx_peer(hp) == peer)
             dest = Destination(PBX, self.config.pbx.transport, trunk.host, trunk.port)

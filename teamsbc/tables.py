@@ -28,6 +28,7 @@ from .sip.transaction import ClientTransaction, ServerTransaction, TimedOut, Tra
 log = logging.getLogger("teamsbc.proxy")
 
 
+
 class ServerEntry:
     """A server transaction, where its responses go (the connection or address it came from)
     and the relay it feeds."""
@@ -87,7 +88,7 @@ class Tables:
     # --- server side
     def new_server(self, req: Request, src: Source, key: tuple, now: float) -> ServerEntry:
         sv = self.server[key] = ServerEntry(
-            ServerTransaction(req, reliable=src.transport != "udp", now=now), src, key)
+            ServerTransaction(req, reliable=src.transport != "udp", now=now, keep_2xx=False), src, key)
         return sv
 
     def respond(self, sv: ServerEntry, resp: Response, now: float, out: list) -> None:

@@ -16,7 +16,7 @@ import ssl
 import time
 from typing import Any
 
-from .addresses import HostPort, grow_receive_buffer
+from .addresses import HostPort, bind_udp, grow_receive_buffer
 from .certnames import dns_names, teams_name_problem
 from .certwatch import CertificateWatch
 from .config import Config
@@ -26,213 +26,19 @@ from .media.stats import parse_stats
 from .proxy import Proxy
 from .sip.build import bare_error_response
 from .sip.errors import ParseError
-from .sip.message import KEEPALIVE_PING, StreamFramer
 from .media.pool import MediaPool
+from .workers import Mesh, call_id_of
 
 log = logging.getLogger("teamsbc.transport")
 
-CONNECT_TIMEOUT = 5.0
-TLS_HANDSHAKE_TIMEOUT = 5.0
-MAINTENANCE_INTERVAL = 5.0
-
-
-class TeamsIdentityError(Exception):
-    """The peer's certificate verified but does not carry a Teams name."""
-
-
-class SourceLog:
-    """At most one line per source address and reason per `period` seconds: the first event of
-    a period is logged in full, the others counted and reported with the next line or when the
-    period is over (issue 12: 498 WARNING lines in 20 s from a handshake flood). A flood repeats
-    one reason; a peer that fails for two different reasons (a wrong certificate, then a wrong
-    CA) gets both said."""
-
-    def __init__(self, level: int, period: float = 60.0, max_sources: int = 4096):
-        self.level, self.period, self.max_sources = level, period, max_sources
-        self._seen: dict[tuple[str, str], list] = {}   # (ip, reason) -> [period start, suppressed, last text]
-
-    def note(self, ip: str, reason: str, now: float, text: str) -> None:
-        key = (ip, reason)
-        e = self._seen.get(key)
-        if e is not None and now - e[0] < self.period:
-            e[1] += 1
-            e[2] = text
-            return
-        if e is not None:
-            self._summary(ip, e)
-        elif len(self._seen) >= self.max_sources:
-            self.flush(now, everything=True)
-        log.log(self.level, "%s", text)
-        self._seen[key] = [now, 0, text]
-
-    def flush(self, now: float, everything: bool = False) -> None:
-        for key, e in list(self._seen.items()):
-            if everything or now - e[0] >= self.period:
-                self._summary(key[0], e)
-                del self._seen[key]
-
-    def _summary(self, ip: str, e: list) -> None:
-        if e[1]:
-            log.log(self.level, "%d more like this from %s in %gs, the last: %s", e[1], ip, self.period, e[2])
-
-
-class StreamConn(asyncio.Protocol):
-    """One TCP or TLS connection, inbound or outbound, framed by Content-Length."""
-
-    def __init__(self, shell: "Shell", leg: str, proto: str, key: tuple | None = None):
-        self.shell, self.leg, self.proto, self.key = shell, leg, proto, key
-        self.framer = StreamFramer()
-        self.transport: asyncio.Transport | None = None
-        self.src: Source | None = None
-        self.closed = False
-        self.born = shell.loop.time()
-        self.last_tx = self.born
-        self.inbound = key is None               # accepted here (Teams' TLS, the PBX's TCP)
-        self.messages = 0                        # complete SIP messages received
-        self.last_msg = self.born
-        self.partial_since: float | None = None  # first byte of a message not complete yet
-        self.tokens: set = set()            # client transactions whose requests went out here
-        self._early = bytearray()           # bytes that arrived before connection_made (start_tls)
-        self._keepalive: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if (self.key is None and self.leg == PBX and not self.shell.door.admit_connection(
-                transport.get_extra_info("peername") or ("?", 0), PBX, self.shell.loop.time(), transport)):
-            transport.abort()  # not a configured PBX (security.unknown_source: drop), banned or over a limit
-            return
-        self.transport = transport  # type: ignore[assignment]
-        self.born = self.last_msg = self.shell.loop.time()  # accepted TLS: after the handshake
-        peer = transport.get_extra_info("peername") or ("?", 0)
-        self.src = Source(self.leg, self.proto, (peer[0], peer[1]), self)
-        local = transport.get_extra_info("sockname") or ("?", 0)
-        self.local = (local[0], local[1])
-        self.shell.conns.add(self)
-        if self.key is not None and self.leg == TEAMS:
-            self._arm_keepalive()
-        if self.key is None and self.leg == PBX:
-            # the PBX's own connection also carries our requests to that address (no second one)
-            self.key = (PBX, self.proto, peer[0], peer[1])
-            self.shell.adopt(self)
-        if self.key is None:
-            log.debug("connection from %s:%d on the %s leg (%s)", peer[0], peer[1], self.leg, self.proto)
-
-    def data_received(self, data: bytes) -> None:
-        if self.src is None:
-            self._early += data
-            return
-        try:
-            frames = self.framer.feed(data)
-        except ParseError as e:
-            self.shell.framing_error(self, data, e)
-            return
-        now = self.shell.loop.time()
-        if not self.framer.buffered:
-            self.partial_since = None
-        elif self.partial_since is None or frames:
-            self.partial_since = now
-        for frame in frames:
-            if frame is KEEPALIVE_PING:
-                self.write(b"\r\n")  # RFC 5626 4.4.1 pong
-            else:
-                self.messages += 1
-                self.last_msg = now
-                self.shell.deliver(frame, self.src)  # type: ignore[arg-type]
-                if self.src is None:
-                    return  # closed while delivering
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        self.shell.conn_lost(self)
-        self.src = None  # Source.conn is this connection: no cycle left for the collector
-
-    def flush_early(self) -> None:
-        if self._early:
-            data, self._early = bytes(self._early), bytearray()
-            self.data_received(data)
-
-    def write(self, data: bytes) -> bool:
-        if self.closed or self.transport is None or self.transport.is_closing():
-            return False
-        self.transport.write(data)
-        self.last_tx = self.shell.loop.time()
-        return True
-
-    def _arm_keepalive(self) -> None:
-        interval = self.shell.config.teams.keepalive_interval
-        self._keepalive = self.shell.loop.call_later(interval, self._send_keepalive)
-
-    def _send_keepalive(self) -> None:
-        """RFC 5626 double-CRLF ping on our own idle connections: Teams drops a connection idle
-        for 2 minutes, and only keep-alives sent by the SBC reset that timer (reference 2)."""
-        if self.closed:
-            return
-        if self.shell.loop.time() - self.last_tx >= self.shell.config.teams.keepalive_interval - 0.5:
-            self.write(b"\r\n\r\n")
-        self._arm_keepalive()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
-
-    def overdue(self, now: float, header_timeout: float, idle_timeout: float, tables: Any) -> str | None:
-        """Why this connection must be closed now (security.header_timeout / idle_timeout), or
-        None. A slow or silent peer must not hold a connection slot (issue 12: 200 such
-        connections used up the per-address cap a real Teams proxy shares). Our own outbound
-        connections are kept alive on purpose (keep-alive, connection_max_age)."""
-        if self.partial_since is not None and now - self.partial_since > header_timeout:
-            return f"a message not complete {header_timeout:g}s after its first byte (security.header_timeout)"
-        if not self.inbound:
-            return None
-        if self.messages == 0 and now - self.born > header_timeout:
-            return f"no SIP message within {header_timeout:g}s of connecting (security.header_timeout)"
-        if now - self.last_msg > idle_timeout and not tables.serves(self):
-            return f"no message for {idle_timeout:g}s and no transaction on it (security.idle_timeout)"
-        return None
-
-
-class TlsAcceptor(asyncio.Protocol):
-    """The plain-TCP first moments of a connection Teams opens. We start TLS ourselves (instead
-    of create_server(ssl=...)) so that a refused handshake is logged with its reason."""
-
-    def __init__(self, shell: "Shell"):
-        self.shell = shell
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self.shell.door.admit_connection(
-                transport.get_extra_info("peername") or ("?", 0), TEAMS, self.shell.loop.time(), transport):
-            transport.abort()  # outside Teams' ranges, banned or over a limit: not even a TLS handshake
-            return
-        transport.pause_reading()  # type: ignore[attr-defined]  # the ClientHello waits in the socket
-        self.shell.loop.create_task(self.shell.accept_tls(transport))  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
-        pass
-
-
-class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, shell: "Shell", leg: str):
-        self.shell, self.leg = shell, leg
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
-            return  # keep-alive noise on UDP
-        if not self.shell.door.admit_address(addr[0], self.leg, self.shell.loop.time()):
-            return  # not a configured PBX or banned: dropped before parsing, counted
-        self.shell.deliver(data, Source(self.leg, "udp", (addr[0], addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp error on the %s leg: %s", self.leg, exc)
+from .connections import (CONNECT_TIMEOUT, MAINTENANCE_INTERVAL, TLS_HANDSHAKE_TIMEOUT, RemoteConn,
+                          SourceLog, StreamConn, TeamsIdentityError, TlsAcceptor, UdpSocket)
 
 
 class Shell:
     def __init__(self, config: Config, proxy: Proxy, door: Door, server_ctx: ssl.SSLContext,
-                 client_ctx: ssl.SSLContext, *, observers: Observers, media: MediaPool | None = None):
+                 client_ctx: ssl.SSLContext, *, observers: Observers, media: MediaPool | None = None,
+                 mesh: Mesh | None = None):
         self.config = config
         self.proxy = proxy
         self.door = door
@@ -242,8 +48,12 @@ class Shell:
         self.observer = observers  # call events and SIP on the wire go out to them
         self.loop = asyncio.get_running_loop()
         self.conns: set[StreamConn] = set()
+        self.conn_seq = 0
+        self.by_ident: dict[int, StreamConn] = {}
+        self.mesh = mesh   # sbc.workers > 1: the other workers (workers.py)
         self._servers: list[asyncio.AbstractServer] = []
-        self._udp: UdpEndpoint | None = None
+        self._udp: UdpSocket | None = None
+        self._dirty: list[StreamConn] = []
         self._pool: dict[tuple, StreamConn] = {}
         self._connecting: dict[tuple, list[tuple[bytes, Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -261,14 +71,23 @@ class Shell:
     async def start(self) -> None:
         c = self.config
         tl = c.teams.listen
+        pl = c.pbx.listen
+        mesh = self.mesh
+        if mesh is not None:
+            mesh.handlers.update({"M": self.handed_over, "W": self.write_for_worker})
+        if mesh is not None and not mesh.team.primary:
+            if c.pbx.transport == "udp" and mesh.team.udp is not None:
+                self._udp = UdpSocket(self, PBX, mesh.team.udp, read=False)
+            log.info("worker %d: calls handed over by worker 0", mesh.team.index)
+            self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
+            return
         self._servers.append(await self.loop.create_server(
             lambda: TlsAcceptor(self), tl.host, tl.port, reuse_address=True))
-        pl = c.pbx.listen
         if c.pbx.transport == "udp":
-            tr, proto = await self.loop.create_datagram_endpoint(
-                lambda: UdpEndpoint(self, PBX), local_addr=(pl.host, pl.port))
-            self._udp = proto
-            grow_receive_buffer(tr.get_extra_info("socket"), "PBX UDP")
+            # bound before the workers forked (sbc.workers), else here
+            sock = mesh.team.udp if mesh is not None and mesh.team.udp is not None else bind_udp(pl.host, pl.port)
+            grow_receive_buffer(sock, "PBX UDP")
+            self._udp = UdpSocket(self, PBX, sock)
         else:
             self._servers.append(await self.loop.create_server(
                 lambda: StreamConn(self, PBX, "tcp"), pl.host, pl.port, reuse_address=True))
@@ -276,11 +95,11 @@ class Shell:
         self._maintenance = self.loop.call_later(MAINTENANCE_INTERVAL, self._maintain)
 
     def is_listening(self) -> bool:
-        """Every listener accepts (the TLS and PBX servers, the PBX UDP socket)."""
+        """Every listener accepts (the TLS and PBX servers, the PBX UDP socket); worker 0's."""
         serving = bool(self._servers) and all(s.is_serving() for s in self._servers)
         if self.config.pbx.transport == "udp":
             udp = self._udp
-            serving = serving and udp is not None and udp.transport is not None and not udp.transport.is_closing()
+            serving = serving and udp is not None and not udp.is_closing()
         return serving
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -296,16 +115,53 @@ class Shell:
             self._maintenance.cancel()
         for conn in list(self.conns):
             conn.close()
-        if self._udp and self._udp.transport:
-            self._udp.transport.close()
+        if self._udp is not None:
+            self._udp.close()
         for s in self._servers:
             await s.wait_closed()
 
     # ------------------------------------------------------------------ proxy glue
     def deliver(self, data: bytes, src: Source) -> None:
+        mesh = self.mesh
+        if mesh is not None:
+            call_id = call_id_of(data)
+            if call_id is not None:
+                owner = mesh.team.owner(call_id)
+                if owner != mesh.team.index:  # another worker's call: the bytes go there
+                    conn = src.conn
+                    mesh.hand_over(owner, src.leg, src.transport, src.addr,
+                                   conn.ident if conn is not None else 0,
+                                   conn.local if conn is not None else self._udp_local, data)
+                    return
         local = src.conn.local if src.conn is not None else self._udp_local
         self.observer.sip("in", src.leg, src.transport, local, src.addr, data, time.time())
         self.dispatch(self.proxy.receive(data, src, self.loop.time()))
+
+    def handed_over(self, worker: int, leg: str, transport: str, addr: tuple, ident: int,
+                    local: tuple, data: bytes) -> None:
+        """A message of one of our calls that another worker read (workers.py "M")."""
+        assert self.mesh is not None
+        conn = RemoteConn(self.mesh, worker, ident, tuple(local)) if ident else None
+        src = Source(leg, transport, (addr[0], addr[1]), conn)
+        self.observer.sip("in", leg, transport, tuple(local), src.addr, data, time.time())
+        self.dispatch(self.proxy.receive(data, src, self.loop.time()))
+
+    def write_for_worker(self, worker: int, ident: int, data: bytes) -> None:
+        """Another worker's answer on a connection we hold (workers.py "W")."""
+        conn = self.by_ident.get(ident)
+        if conn is None or not conn.write(data):
+            log.info("connection %d gone, a message of worker %d dropped", ident, worker)
+
+    def dirty(self, conn: StreamConn) -> None:
+        """`conn` has writes queued: they leave together after this loop turn's callbacks."""
+        if not self._dirty:
+            self.loop.call_soon(self.flush)
+        self._dirty.append(conn)
+
+    def flush(self) -> None:
+        conns, self._dirty = self._dirty, []
+        for conn in conns:
+            conn.flush()
 
     def _sent(self, data: bytes, leg: str, transport: str, local: tuple, remote: tuple) -> None:
         self.observer.sip("out", leg, transport, local, remote, data, time.time())
@@ -449,8 +305,12 @@ class Shell:
                  conn.key[3] if conn.key else 0, why)
 
     def reload_certificate(self, why: str) -> str | None:
-        """SIGHUP and the admin API's POST /reload: see certwatch.CertificateWatch.reload."""
-        return self.certificate.reload(why)
+        """SIGHUP and the admin API's POST /reload: see certwatch.CertificateWatch.reload.
+        Worker 0 tells the other workers (sbc.workers), which reload the same files."""
+        problem = self.certificate.reload(why)
+        if self.mesh is not None and self.mesh.team.primary:
+            self.mesh.broadcast(("R", why))
+        return problem
 
     def _new_certificate(self) -> None:
         """Teams keeps the old certificate on a connection: our own connections to Teams are
@@ -474,6 +334,7 @@ class Shell:
 
     def conn_lost(self, conn: StreamConn) -> None:
         self.conns.discard(conn)
+        self.by_ident.pop(conn.ident, None)
         if conn.key is not None and self._pool.get(conn.key) is conn:
             del self._pool[conn.key]
 
@@ -484,14 +345,14 @@ class Shell:
                 log.info("connection to %s:%d gone, response dropped", *src.addr)
                 return
             self._sent(data, src.leg, src.transport, src.conn.local, src.addr)
-        elif self._udp and self._udp.transport:
-            self._udp.transport.sendto(data, src.addr)
+        elif self._udp is not None:
+            self._udp.sendto(data, src.addr)
             self._sent(data, src.leg, "udp", self._udp_local, src.addr)
 
     def _send_to_destination(self, data: bytes, dest: Destination, token: Any) -> None:
         if dest.transport == "udp":
-            if self._udp and self._udp.transport:
-                self._udp.transport.sendto(data, (dest.host, dest.port))
+            if self._udp is not None:
+                self._udp.sendto(data, (dest.host, dest.port))
                 self._sent(data, dest.leg, "udp", self._udp_local, (dest.host, dest.port))
             return
         key = (dest.leg, dest.transport, dest.host, dest.port)

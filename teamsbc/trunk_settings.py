@@ -43,6 +43,7 @@ class SbcSection:
     secret: Secret | None = None           # shared by every box of a pair (docs/ha.md)
     previous_secret: Secret | None = None  # still accepted during a rotation
     secret_file: Path = Path(SECRET_FILE)  # without sbc.secret: this box's own, made on first start
+    workers: int = 1                       # processes sharing the calls (teamsbc.workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +117,29 @@ class DigestCredentials:
 
 def parse_sbc(r: SettingsReader, data: dict) -> str | None:
     """sbc.fqdn, lower-cased; None (and an error) when missing or not an FQDN."""
-    s = r.section(data, "sbc", {"fqdn", "secret", "previous_secret", "secret_file"})
+    s = r.section(data, "sbc", {"fqdn", "secret", "previous_secret", "secret_file", "workers"})
     fqdn = r.str_(s, "sbc", "fqdn")
     if fqdn and not FQDN_RE.match(fqdn):
         r.err("sbc.fqdn", f"{fqdn!r} is not a fully qualified domain name (Teams refuses IPs: use e.g. sbc.example.com)")
         fqdn = None
     return fqdn.lower() if fqdn else None
+
+
+MAX_WORKERS = 64
+
+
+def parse_workers(r: SettingsReader, data: dict) -> int:
+    """sbc.workers: how many processes share the calls (docs/architecture.md, "Workers"):
+    a number from 1 to 64, or `auto` for one per core this process may run on."""
+    s = data.get("sbc") if isinstance(data, dict) else None
+    v = s.get("workers", 1) if isinstance(s, dict) else 1
+    if v == "auto":
+        import os
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_WORKERS:
+        r.err("sbc.workers", f"must be a whole number from 1 to {MAX_WORKERS} or auto (got {v!r})")
+        return 1
+    return v
 
 
 def parse_sbc_keys(r: SettingsReader, data: dict, env: dict[str, str] | None = None

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_source_log_one_line_per_source_per_period(caplog):
-    from teamsbc.transport import SourceLog
+    from teamsbc.connections import SourceLog
     caplog.set_level(logging.INFO, logger="teamsbc.transport")
     s = SourceLog(logging.WARNING, period=60.0)
     for i in range(100):

@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parent.parent / "teamsbc"
 
 # floor -> module names (dotted, relative to teamsbc); a package name covers its modules
 FLOORS: dict[int, set[str]] = {
-    0: {"__init__", "addresses", "timefmt", "certnames", "tls", "labpki", "sip", "sealing"},
+    0: {"__init__", "addresses", "timefmt", "certnames", "tls", "labpki", "sip", "sealing", "entropy"},
     1: {"settings", "trunk_settings", "security_settings", "media.settings", "certs.settings",
         "admin_settings", "cdr.settings", "capture.settings", "config",
         "media.__init__", "certs.__init__", "cdr.__init__", "capture.__init__"},
@@ -19,10 +19,10 @@ FLOORS: dict[int, set[str]] = {
     3: {"routing", "teams", "guard", "health", "digest", "media.anchor", "media.sdp_policy",
         "media.stats", "media.bencode", "transfer", "pbx_requests", "early_media"},
     4: {"relay", "tables", "hops", "proxy", "reliable", "late_offer", "pbx_leg", "dialog_end"},
-    5: {"transport", "certwatch", "collector", "media.ng", "media.pool", "cdr.store", "cdr.pg", "cdr.writer", "cdr.export",
+    5: {"transport", "connections", "certwatch", "collector", "media.ng", "media.pool", "cdr.store", "cdr.pg", "cdr.writer", "cdr.export",
         "capture.hep", "capture.traces", "capture.mask", "metrics", "admin", "lab", "certs.acme_client",
         "certs.challenges", "certs.gate", "certs.store", "certs.policy", "certs.manager", "keyfile", "cdr.search",
-        "console"},
+        "console", "workers"},
     6: {"app", "cli", "__main__", "demo", "doctor", "teams_setup", "certs.cli", "certs.__main__",
         "cdr.cli", "cdr.__main__", "preflight", "labdefault", "console.term"},
 }

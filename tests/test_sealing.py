@@ -107,7 +107,7 @@ def test_without_a_secret_a_box_makes_its_own_once_0600(tmp_path, caplog):
     assert conf.sbc.secret is None and conf.sbc.secret_file == tmp_path / "sbc-secret"
     with pytest.raises(SecretFileError, match="no secret yet"):
         keyring(conf.sbc, create=False)
-    with caplog.at_level(logging.INFO, logger="teamsbc"):
+    with caplog.at_level(logging.INFO, logger="teamsbc"):   # information since 5a76d09
         first = keyring(conf.sbc)
     assert (tmp_path / "sbc-secret").stat().st_mode & 0o777 == 0o600
     assert "created this box's own sealing secret" in caplog.text

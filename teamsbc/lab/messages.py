@@ -44,7 +44,7 @@ def with_sdp(msg: Message, body: str) -> Message:
 
 def teams_bytes(msg: Message) -> bytes:
     """The message as Teams writes it: every header name in capitals (TO:, CALL-ID:, ...)."""
-    upper = Headers([[name.lower(), name.upper(), value] for name, value in msg.headers])
+    upper = Headers([(name.lower(), name.upper(), value) for name, value in msg.headers])
     copy: Message
     if isinstance(msg, Request):
         copy = Request(msg.method, msg.uri, upper, msg.body)

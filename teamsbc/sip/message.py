@@ -20,7 +20,9 @@ __all__ = [
 
 
 class Headers:
-    """Ordered header fields. Entries are (lower-case name, name as written, value).
+    """Ordered header fields. Entries are (lower-case name, name as written, value) tuples:
+    immutable, so a copy for relaying is one list of the same tuples (no per-field copies),
+    and a message held by a transaction costs one small tuple per field.
 
     List-valued headers in grammar.SPLIT_HEADERS hold one value per entry so the proxy can
     push/pop a single Via or Route without touching the others.
@@ -44,7 +46,7 @@ class Headers:
         return len(self._h)
 
     def copy(self) -> "Headers":
-        return Headers(self._h[:])  # the entries are immutable
+        return Headers(self._h[:])
 
     def get(self, lname: str) -> str | None:
         for e in self._h:
@@ -63,12 +65,22 @@ class Headers:
 
     def set(self, lname: str, value: str) -> None:
         """Replace the first field of that name (dropping the others) or append one."""
-        for i, e in enumerate(self._h):
+        h = self._h
+        for i, e in enumerate(h):
             if e[0] == lname:
-                self._h[i] = (lname, e[1], value)
-                self._h[i + 1:] = [x for x in self._h[i + 1:] if x[0] != lname]
+                h[i] = (lname, e[1], value)
+                h[i + 1:] = [x for x in h[i + 1:] if x[0] != lname]
                 return
-        self._h.append((lname, g.canonical(lname), value))
+        h.append((lname, g.canonical(lname), value))
+
+    def set_first(self, lname: str, value: str) -> None:
+        """Replace the value of the first field of that name, keeping the others (top Via)."""
+        h = self._h
+        for i, e in enumerate(h):
+            if e[0] == lname:
+                h[i] = (lname, e[1], value)
+                return
+        h.append((lname, g.canonical(lname), value))
 
     def add(self, lname: str, value: str) -> None:
         self._h.append((lname, g.canonical(lname), value))
@@ -120,10 +132,42 @@ _CSEQ_RE = re.compile(r"[ \t]*([0-9]+)[ \t]+(" + g.TOKEN + r")[ \t]*\Z")
 
 
 class Message:
-    __slots__ = ("headers", "body")
+    """Headers and body. The structured views below parse a header once: each is kept with
+    the very string it was parsed from and used again while the header still holds that
+    string (an identity test, so a rewritten header is parsed afresh). The views are shared,
+    not copied: treat them as read-only (copy before changing one)."""
+
+    __slots__ = ("headers", "body", "_views")
 
     headers: Headers
     body: bytes
+    _views: dict
+
+    def _view(self, lname: str, parse, missing: str | None = None):
+        v = self.headers.get(lname)
+        if v is None:
+            if missing is not None:
+                raise ParseError(missing)
+            v = ""
+        seen = self._views.get(lname)
+        if seen is not None and seen[0] is v:
+            return seen[1]
+        parsed = parse(v)
+        self._views[lname] = (v, parsed)
+        return parsed
+
+    def set_first_viewed(self, lname: str, value: str, parsed: object) -> None:
+        """Replace the first `lname` field with `value`, whose parsed form is `parsed`."""
+        self.headers.set_first(lname, value)
+        self._views[lname] = (value, parsed)
+
+    def forget_views(self) -> None:
+        """Drop what was parsed (a message kept only for the rest of its transaction)."""
+        self._views = {}
+
+    def share_views(self, other: "Message") -> None:
+        """`other` has the same header strings (a copy being relayed): reuse what it parsed."""
+        self._views = dict(other._views)
 
     # -- structured views of mandatory headers (validated at parse time) --
     @property
@@ -132,22 +176,19 @@ class Message:
 
     @property
     def cseq(self) -> CSeq:
-        return parse_cseq(self.headers.get("cseq") or "")
+        return self._view("cseq", parse_cseq)
 
     @property
     def top_via(self) -> Via:
-        v = self.headers.get("via")
-        if v is None:
-            raise ParseError("Missing Via")
-        return parse_via(v)
+        return self._view("via", parse_via, "Missing Via")
 
     @property
     def from_addr(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("from") or "")
+        return self._view("from", parse_name_addr)
 
     @property
     def to_addr(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("to") or "")
+        return self._view("to", parse_name_addr)
 
     def _head_lines(self) -> list[str]:
         raise NotImplementedError
@@ -184,10 +225,17 @@ class Request(Message):
         self.uri = uri
         self.headers = headers if headers is not None else Headers()
         self.body = body
+        self._views = {}
 
     @property
     def ruri(self) -> SipUri:
-        return parse_uri(self.uri)
+        """The Request-URI parsed (shared, read-only: copy before changing it)."""
+        seen = self._views.get(" uri")
+        if seen is not None and seen[0] is self.uri:
+            return seen[1]
+        parsed = parse_uri(self.uri)
+        self._views[" uri"] = (self.uri, parsed)
+        return parsed
 
     def _head_lines(self) -> list[str]:
         return [f"{self.method} {self.uri} SIP/2.0"]
@@ -204,6 +252,7 @@ class Response(Message):
         self.reason = reason
         self.headers = headers if headers is not None else Headers()
         self.body = body
+        self._views = {}
 
     def _head_lines(self) -> list[str]:
         return [f"SIP/2.0 {self.status} {self.reason}"]
@@ -229,6 +278,10 @@ _MAX_FORWARDS_RE = re.compile(r"0*([0-9]{1,3})\Z")     # 1*DIGIT, at most 255 (2
 # message-header = field-name HCOLON field-value; HCOLON = *( SP / HTAB ) ":" SWS (25.1).
 # The value's trailing SP/HTAB is stripped after the match (a regex tail would backtrack).
 _HEADER_LINE_RE = re.compile(r"(" + g.TOKEN + r")[ \t]*:[ \t]*(.*)", re.S)
+_NAMES: dict[str, tuple[str, str]] = {}   # header name as written -> (it, lower case)
+_MAX_NAMES = 512                          # a peer inventing names cannot grow it further
+# The same, for every line of an unfolded head at once (MULTILINE: one match per line).
+_FIELD_RE = re.compile(r"^(" + g.TOKEN + r")[ \t]*:[ \t]*(.*)", re.M)
 # Headers parse_message looks at itself (first occurrence kept, duplicates refused for
 # SINGLE_HEADERS), so one pass over the lines finds them all.
 _TRACKED = g.SINGLE_HEADERS | frozenset(g.MANDATORY_HEADERS)
@@ -305,80 +358,66 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             raise _request_line_error(start)
         if m.group(3) != "2" or m.group(4) != "0":
             raise ParseError("Unsupported SIP version", 505)  # RFC 4475 3.1.2.16
-    entries: list[tuple[str, str, str]] = []
-    tracked: dict[str, tuple[str, str, str]] = {}
-    max_line, max_headers = g.MAX_LINE_LENGTH, g.MAX_HEADERS
     # MAX_LINE_LENGTH bounds each field as to_bytes() writes it ("Name: value", unfolded),
     # so whatever parses here can be forwarded and parsed again.
-    for i in range(1, len(lines)):
-        line = lines[i]
-        if line[0] == " " or line[0] == "\t":  # lines are never empty inside the head
-            if not entries:
-                raise ParseError("Continuation line before any header")
-            e = entries[-1]
-            part = line.strip(" \t")
-            if part:
-                # RFC 3261 7.3.1: a fold is equivalent to one SP
-                folded = (e[0], e[1], f"{e[2]} {part}" if e[2] else part)
-                if len(folded[1]) + len(folded[2]) + 2 > max_line:
-                    raise ParseError("Header line too long")
-                entries[-1] = folded
-                if tracked.get(e[0]) is e:
-                    tracked[e[0]] = folded
-            continue
-        hm = _HEADER_LINE_RE.match(line)
-        if hm is None:
-            colon = line.find(":")
-            raise ParseError("Header line without colon" if colon < 0 else
-                             "Empty header name" if colon == 0 else "Bad header name")
-        name, value = hm.group(1, 2)
-        value = value.rstrip(" \t")
-        lname = name.lower()
+    max_line = g.MAX_LINE_LENGTH
+    pairs: list[tuple[str, str]] | None = None
+    if len(lines) - 1 <= g.MAX_HEADERS and "\n " not in head and "\n\t" not in head:
+        # no folded line: one regex pass over the whole head; if any line fails to match,
+        # the line-by-line reader below says which and why
+        pairs = _FIELD_RE.findall(head, len(start) + 1)
+        if len(pairs) != len(lines) - 1:
+            pairs = None
+    if pairs is None:
+        pairs = _read_fields(lines)
+    entries: list[tuple[str, str, str]] = []
+    tracked: dict[str, tuple[str, str, str]] = {}
+    contacts: list[str] = []
+    compact, split_headers = g.COMPACT_FORMS, g.SPLIT_HEADERS
+    for name, value in pairs:
+        if value and (value[-1] == " " or value[-1] == "\t"):
+            value = value.rstrip(" \t")
+        # one string per header name for every message (a held call keeps its messages for
+        # 64*T1): names as written and their lower case come from a bounded table
+        known = _NAMES.get(name)
+        if known is None:
+            known = (name, name.lower())
+            if len(_NAMES) < _MAX_NAMES:
+                _NAMES[name] = known
+        name, lname = known
         if len(lname) == 1:
-            full = g.COMPACT_FORMS.get(lname)
+            full = compact.get(lname)
             if full is not None:
                 lname = full
                 name = g.canonical(full)
         if len(name) + len(value) + 2 > max_line:
             raise ParseError("Header line too long")
-        e = (lname, name, value)
-        entries.append(e)
-        if len(entries) > max_headers:  # stop early: 16000 tiny lines cost ~40 ms otherwise
-            raise ParseError("Too many headers")
+        if lname in split_headers and "," in value:
+            # list headers hold one entry per value (Via, Route, Record-Route, Contact)
+            e = None
+            for part in split_quoted(value, ","):
+                part = part.strip()
+                if not part:
+                    raise ParseError(f"Empty value in {name} list")  # RFC 4475 3.1.2.1
+                pe = (lname, name, part)
+                entries.append(pe)
+                if e is None:
+                    e = pe
+                if lname == "contact":
+                    contacts.append(part)
+        else:
+            e = (lname, name, value)
+            entries.append(e)
+            if lname == "contact":
+                contacts.append(value)
         if lname in _TRACKED:
             if lname not in tracked:
-                tracked[lname] = e
+                tracked[lname] = e  # type: ignore[assignment]
             elif lname in g.SINGLE_HEADERS:
                 raise ParseError(f"Multiple {g.canonical(lname)} headers")  # 4475 3.1.4.8/9
-
-    # split list headers into one entry per value
-    split_headers = g.SPLIT_HEADERS
-    contacts: list[str] = []
-    fields = entries
-    for i, e in enumerate(entries):
-        lname = e[0]
-        if lname in split_headers:
-            if "," in e[2]:
-                if fields is entries:
-                    fields = entries[:i]
-                parts: list[tuple[str, str, str]] = []
-                for part in split_quoted(e[2], ","):
-                    part = part.strip()
-                    if not part:
-                        raise ParseError(f"Empty value in {e[1]} list")  # RFC 4475 3.1.2.1
-                    parts.append((lname, e[1], part))
-                if tracked.get(lname) is e:
-                    tracked[lname] = parts[0]
-                fields.extend(parts)
-                if lname == "contact":
-                    contacts.extend(p[2] for p in parts)
-                continue
-            if lname == "contact":
-                contacts.append(e[2])
-        if fields is not entries:
-            fields.append(e)
-    if len(fields) > g.MAX_HEADERS:
+    if len(entries) > g.MAX_HEADERS:
         raise ParseError("Too many headers")
+    fields = entries
     headers = Headers(fields)
 
     msg: Request | Response
@@ -390,7 +429,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     for lname in g.MANDATORY_HEADERS:
         if lname not in tracked:
             raise ParseError(f"Missing {g.canonical(lname)} header")  # 4475 3.1.4.1
-    cseq = parse_cseq(tracked["cseq"][2])
+    views = msg._views
+    cs = tracked["cseq"][2]
+    cseq = parse_cseq(cs)
+    views["cseq"] = (cs, cseq)
     if not is_response:
         if cseq[1] != msg.method:
             raise ParseError("CSeq method does not match request method")  # 4475 3.1.2.17
@@ -401,9 +443,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
                 raise ParseError("Bad Max-Forwards")
             if int(mm.group(1)) > 255:
                 raise ParseError("Max-Forwards out of range")  # 20.22, RFC 4475 3.1.2.4
-    parse_via(tracked["via"][2])
-    parse_name_addr(tracked["from"][2])
-    parse_name_addr(tracked["to"][2])
+    for lname, parse in (("via", parse_via), ("from", parse_name_addr), ("to", parse_name_addr)):
+        v = tracked[lname][2]
+        views[lname] = (v, parse(v))
     if not tracked["call-id"][2]:
         raise ParseError("Empty Call-ID")
     for c in contacts:
@@ -425,6 +467,35 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     if type(msg.body) is not bytes:
         msg.body = bytes(msg.body)
     return msg
+
+
+def _read_fields(lines: list[str]) -> list[tuple[str, str]]:
+    """(name, value) of each header line, folds joined (RFC 3261 7.3.1: a fold is one SP),
+    with the precise error for a line that is not a header."""
+    pairs: list[tuple[str, str]] = []
+    max_line, max_headers = g.MAX_LINE_LENGTH, g.MAX_HEADERS
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if line[0] == " " or line[0] == "\t":  # lines are never empty inside the head
+            if not pairs:
+                raise ParseError("Continuation line before any header")
+            part = line.strip(" \t")
+            if part:
+                name, value = pairs[-1]
+                value = f"{value} {part}" if value else part
+                if len(name) + len(value) + 2 > max_line:
+                    raise ParseError("Header line too long")
+                pairs[-1] = (name, value)
+            continue
+        hm = _HEADER_LINE_RE.match(line)
+        if hm is None:
+            colon = line.find(":")
+            raise ParseError("Header line without colon" if colon < 0 else
+                             "Empty header name" if colon == 0 else "Bad header name")
+        pairs.append((hm.group(1), hm.group(2).rstrip(" \t")))
+        if len(pairs) > max_headers:  # stop early: 16000 tiny lines cost ~40 ms otherwise
+            raise ParseError("Too many headers")
+    return pairs
 
 
 def _request_line_error(line: str) -> ParseError:

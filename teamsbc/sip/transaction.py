@@ -337,14 +337,18 @@ class ServerTransaction(_Timed):
 
     __slots__ = (
         "request", "key", "is_invite", "state", "reliable", "timers", "last_response",
-        "_retx_at", "_retx_interval", "_timeout_at", "_end_at",
+        "keep_2xx", "_retx_at", "_retx_interval", "_timeout_at", "_end_at",
     )
 
     def __init__(self, request: Request, *, reliable: bool, now: float,
-                 timers: Timers = DEFAULT_TIMERS):
+                 timers: Timers = DEFAULT_TIMERS, keep_2xx: bool = True):
+        """`keep_2xx=False`: in Accepted the 2xx is not kept as `last_response` (nothing in
+        that state resends it: a proxy holding thousands of answered calls for Timer L saves
+        the memory)."""
         if request.method == "ACK":
             raise ValueError("ACK creates no server transaction (RFC 3261 17.2.3)")
         self.request = request
+        self.keep_2xx = keep_2xx
         self.key = server_key(request)
         self.is_invite = request.method == "INVITE"
         self.state = PROCEEDING if self.is_invite else TRYING
@@ -395,6 +399,8 @@ class ServerTransaction(_Timed):
                     # RFC 6026 7.1: the TU (UAS core or proxy) retransmits the 2xx; we only
                     # absorb INVITE retransmissions until Timer L
                     self.state = ACCEPTED
+                    if not self.keep_2xx:
+                        self.last_response = None
                     self._end_at = now + 64 * self.timers.t1
                     return [Transmit(resp)]
                 self.state = COMPLETED
@@ -405,7 +411,8 @@ class ServerTransaction(_Timed):
                 self._timeout_at = now + 64 * t.t1  # Timer H, all transports
                 return [Transmit(resp)]
             if state == ACCEPTED and 200 <= status < 300:
-                self.last_response = resp
+                if self.keep_2xx:
+                    self.last_response = resp
                 return [Transmit(resp)]  # RFC 6026 7.1: 2xx retransmission from the TU
             return []
         # non-INVITE (17.2.2)

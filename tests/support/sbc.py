@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ class SbcProcess:
             "admin": {"listen": f"{LOOPBACK}:{free_port('tcp')}"},
             "cdr": {"path": str(self.dir / "cdr.sqlite")},
         }
+        workers = os.environ.get("TEAMSBC_TEST_WORKERS")
+        if workers:  # the whole suite with sbc.workers (docs/architecture.md, "Workers")
+            self.config["sbc"]["workers"] = int(workers)
         for section, values in (extra or {}).items():
             if isinstance(values, dict):
                 self.config.setdefault(section, {}).update(values)
