@@ -11,15 +11,14 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .decisions import PBX, TEAMS, Source
 from .sip.errors import ParseError
 from .sip.message import KEEPALIVE_PING, StreamFramer
 from .workers import Mesh
 
-if TYPE_CHECKING:
-    from .transport import Shell
+Shell = Any  # transport.Shell, the owner of every connection (not imported: it imports us)
 
 log = logging.getLogger("teamsbc.transport")
 
