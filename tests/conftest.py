@@ -20,7 +20,7 @@ def test_pki(tmp_path_factory) -> TestPki:
 
 @pytest.fixture(scope="session")
 def bookworm_root(tmp_path_factory) -> Path:
-    """A Debian 12 root (debootstrap minbase + systemd, python3, python3-venv), made once per
+    """A Debian 12 root (mmdebstrap minbase + systemd, python3, python3-venv), made once per
     test run; tests copy it (tests/support/debroot.py). TEAMSBC_DEBROOT_CACHE=DIR keeps it
     across runs (a developer's loop; CI makes it anew)."""
     import os

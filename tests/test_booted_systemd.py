@@ -8,9 +8,9 @@ way docs/operations.md tells an admin to, on the distribution's own python3 (3.1
     same process -> restart keeps CDRs -> a config error is not restarted -> reboot: the SBC and
     the firewall table come back -> no permission error in the journal
 
-The root is made once per run (debootstrap, about a minute) and copied; the container shares
-the host's network, so its SBC listens on loopback ports chosen here and the peers run on the
-host, all stopped by PID. Timings of each phase are printed (pytest -s shows them).
+The root is made once per run (mmdebstrap through the host's apt, under a minute) and copied;
+the container shares the host's network, so its SBC listens on loopback ports chosen here and
+the peers run on the host, all stopped by PID. Timings of each phase are printed (pytest -s shows them).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """deploy/: the systemd units pass `systemd-analyze verify`, nftables / logrotate / rtpengine
 accept their files, the example config is valid, and install.sh installs (into a --root
-prefix, and, marked slow, in a clean Debian 12 root made by debootstrap).
+prefix, and, marked slow, in a clean Debian 12 root made by mmdebstrap).
 
 `systemd-analyze verify` checks that every Exec*= binary exists, so the units are verified in
 a root (--root) holding the host's system units, the units themselves and stand-ins for
@@ -73,7 +73,7 @@ def analyze(root: Path, names: list[str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-# ./run-tests installs systemd, nftables, logrotate and debootstrap: a missing tool fails, never skips
+# ./run-tests installs systemd, nftables, logrotate and mmdebstrap: a missing tool fails, never skips
 needs_analyze = pytest.mark.e2e
 
 
