@@ -75,6 +75,8 @@ def main() -> int:
     ap.add_argument("--variants", help="also measure teamsbc what-ifs run by bench/launch_teamsbc.py "
                     "(comma list of words joined by '-': w2 = sbc.workers 2, cpu1 = taskset to one core, "
                     "gc-freeze, gc-off; e.g. w2,cpu1,w2-cpu1); not part of the default run")
+    ap.add_argument("--events-rate", type=float, help="calls/s of the events phase (default: half of "
+                    "teamsbc's clean rate from this run's ladder, 50 without one)")
     args = ap.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -166,10 +166,10 @@ def build_markdown(data: dict, stem: str) -> str:
                  "this is the signalling cost of media anchoring. rtpengine's own CPU is in the latency table.\n")
 
     if data.get("variants"):
-        L.append("What-if rows (`teamsbc+X`) run the same teamsbc code through `bench/launch_teamsbc.py X`, "
-                 "which changes only the interpreter's garbage-collector settings before `teamsbc run` "
-                 "(gc-freeze: start-up objects frozen, generation-0 threshold 50,000; gc-off: no cyclic GC). "
-                 "They are not the product; they show what the change would buy.\n")
+        L.append("Variant rows (`teamsbc+X`) run the same teamsbc code: `w2` with `sbc.workers: 2`, `cpu1` "
+                 "pinned to one core by `taskset -c 0` (the scaling table below); `gc-freeze` / `gc-off` "
+                 "through `bench/launch_teamsbc.py`, which changes only the interpreter's garbage collector "
+                 "(what-ifs, not the product).\n")
 
     # ---------------------------------------------------------------- targets
     L.append("## Against the targets (issue 14)\n")
@@ -244,7 +244,7 @@ def build_markdown(data: dict, stem: str) -> str:
         L.append("| Scenario | teamsbc as run | workers | cores | Highest clean calls/s | CPU s / 1,000 calls | vs 1 worker, 1 core |")
         L.append("|---|---|---|---|---|---|---|")
         for scenario in ORDER:
-            group = [r for r in scaling if r["scenario"] == scenario]
+            group = [r for r in scaling if r["scenario"] == scenario and not r.get("na")]
             base = next((r for r in group if r["system"] == "teamsbc+cpu1"), None)
             for r in group:
                 v = r["system"].partition("+")[2]
