@@ -121,8 +121,8 @@ class StreamConn(asyncio.Protocol):
             self.shell.framing_error(self, data, e)
             return
         now = self.shell.loop.time()
-        if not self.framer.buffered:
-            self.partial_since = None
+        if not self.framer.buffered or self.framer.only_line_ends:
+            self.partial_since = None  # a pong to our keep-alive is no message begun
         elif self.partial_since is None or frames:
             self.partial_since = now
         for frame in frames:

@@ -196,3 +196,12 @@ def test_buffer_stays_bounded_and_large_reads_of_complete_messages_pass():
 def test_framed_messages_parse_with_stream_true():
     for m in feed_all([A + B + C]):
         assert parse_message(m, stream=True).headers.get("content-length") is not None
+
+
+def test_a_pong_waiting_in_the_buffer_is_line_ends_only_not_a_message_begun():
+    """The stranger's find: the CRLF pong Teams sends back to our keep-alive stayed buffered (it
+    may start a ping) and security.header_timeout closed our own connection every ~40 s."""
+    f = StreamFramer()
+    assert f.feed(b"\r\n") == [] and f.buffered == 2 and f.only_line_ends
+    assert f.feed(b"\r\n") == [KEEPALIVE_PING] and not f.only_line_ends
+    assert f.feed(b"OPTIONS sip:x SIP/2.0\r\n") == [] and not f.only_line_ends

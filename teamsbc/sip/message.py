@@ -634,3 +634,10 @@ class StreamFramer:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def only_line_ends(self) -> bool:
+        """What waits is at most the start of a CRLFCRLF ping: a peer's CRLF pong to our own
+        keep-alive (RFC 5626 4.4.1) stays here until more comes, and is not a slow message."""
+        buf = self._buf
+        return 0 < len(buf) < 4 and not self._need and _PING.startswith(buf)
