@@ -23,14 +23,20 @@ SDP_TYPE = "application/sdp"
 CALLER, CALLEE = "caller", "callee"
 
 
-def sdp_of(msg: Message) -> str | None:
+def _declared_sdp(msg: Message) -> bytes | None:
+    """The body when its Content-Type says SDP, else None."""
     if not msg.body:
         return None
     ctype = (msg.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
-    if ctype != SDP_TYPE:
+    return msg.body if ctype == SDP_TYPE else None
+
+
+def sdp_of(msg: Message) -> str | None:
+    body = _declared_sdp(msg)
+    if body is None:
         return None
     try:
-        return msg.body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         return None
 
@@ -53,13 +59,11 @@ class MediaAnchor:
         declared as SDP that is not UTF-8 text), or None. Asked before every command that
         would carry it, for messages from either leg: one INVITE must not take media down for
         every call (issue 12)."""
-        if not msg.body:
-            return None
-        ctype = (msg.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
-        if ctype != SDP_TYPE:
+        body = _declared_sdp(msg)
+        if body is None:
             return None
         try:
-            sdp = msg.body.decode("utf-8")
+            sdp = body.decode("utf-8")
         except UnicodeDecodeError:
             return "SDP is not UTF-8 text"
         return sdp_policy.limit_problem(sdp, self.limits)
