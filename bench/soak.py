@@ -189,9 +189,13 @@ def summarise_probe(p: dict) -> dict:
         ms = sorted(r[2] for r in rows)
         if not ms:
             return {"n": 0}
+        cpu = sorted(r[5] for r in rows if len(r) > 5)
         return {"n": len(ms), "max_ms": ms[-1], "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
                 "over_10_ms": sum(1 for m in ms if m > 10), "over_20_ms": sum(1 for m in ms if m > 20),
-                "collected": sum(r[3] for r in rows)}
+                "collected": sum(r[3] for r in rows),
+                "cpu_max_ms": cpu[-1] if cpu else None,
+                "cpu_p99_ms": cpu[min(len(cpu) - 1, int(0.99 * len(cpu)))] if cpu else None,
+                "cpu_over_20_ms": sum(1 for m in cpu if m > 20) if cpu else None}
 
     by_gen = {g: stats([r for r in pauses if r[1] == g]) for g in (0, 1, 2)}
     outside = [r for r in pauses if not (t_on <= r[0] <= t_off)]
@@ -238,16 +242,23 @@ def render(d: dict) -> str:
         L += ["```", *d["log_examples"][:6], "```", ""]
     L += ["## Collector pauses (gc.callbacks, every collection)", "",
           f"Thresholds {pr.get('gc_threshold')}, frozen (never walked) at the end: {pr.get('gc_frozen')} objects.", "",
-          "| | collections | max ms | p99 ms | > 10 ms | > 20 ms | objects collected |", "|---|---|---|---|---|---|---|"]
+          "Wall: how long the event loop stood still. CPU: the time the collecting thread ran (a "
+          "wall time far above it is the kernel running other processes meanwhile).", "",
+          "| | collections | max ms | p99 ms | > 10 ms | > 20 ms | CPU max ms | CPU p99 ms | CPU > 20 ms | objects collected |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("all", allp)] + [(f"generation {g}", s) for g, s in pr["by_generation"].items()] + \
         [("outside the tracemalloc window", pr["without_tracemalloc"])]
     for name, s in rows:
         if s.get("n"):
+            cpu = (f"{s['cpu_max_ms']:.2f} | {s['cpu_p99_ms']:.2f} | {s['cpu_over_20_ms']}"
+                   if s.get("cpu_max_ms") is not None else "| |")
             L.append(f"| {name} | {s['n']} | {s['max_ms']:.2f} | {s['p99_ms']:.2f} | {s['over_10_ms']} | "
-                     f"{s['over_20_ms']} | {s['collected']} |")
+                     f"{s['over_20_ms']} | {cpu} | {s['collected']} |")
         else:
-            L.append(f"| {name} | 0 | | | | | |")
-    L += ["", "Longest: " + ", ".join(f"{r[2]:.1f} ms (gen {r[1]} at {r[0] / 60:.1f} min)" for r in pr["worst"][:5]), ""]
+            L.append(f"| {name} | 0 | | | | | | | | |")
+    L += ["", "Longest: " + ", ".join(f"{r[2]:.1f} ms (gen {r[1]} at {r[0] / 60:.1f} min"
+                                      + (f", CPU {r[5]:.1f} ms" if len(r) > 5 else "") + ")"
+                                      for r in pr["worst"][:5]), ""]
     cyc = pr.get("cycles") or {}
     if cyc:
         L += [f"Objects in reference cycles, one full collection with DEBUG_SAVEALL at minute "

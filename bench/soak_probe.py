@@ -3,7 +3,7 @@
     python bench/soak_probe.py OUT.json run -c teamsbc.yaml
 
 - every cyclic collection, timed with gc.callbacks (start/stop): time since start, generation,
-  duration, objects collected; a collection runs with the GIL held, so its duration is a pause
+  duration (wall, and CPU time of the collecting thread), objects collected; a collection runs with the GIL held, so its duration is a pause
   of the event loop;
 - every minute: RSS (/proc/self/status), the collector's counters (gc.get_count, get_stats);
 - tracemalloc: started at SOAK_TM_START seconds (default 240; SOAK_TM_FRAMES frames, default 1: each more frame costs), snapshots at
@@ -34,7 +34,9 @@ T0 = time.monotonic()
 FRAMES = int(os.environ.get("SOAK_TM_FRAMES", 1))
 _pending: dict[int, float] = {}
 _forced: list[bool] = [False]
-pauses: list[tuple[float, int, float, int, bool]] = []   # (t, generation, ms, collected, forced by us)
+# (t, generation, wall ms, collected, forced by us, CPU ms of the collecting thread): a wall time far
+# above the CPU time is the kernel running something else (a shared machine), not collector work
+pauses: list[tuple[float, int, float, int, bool, float]] = []
 minutes: list[dict] = []
 tm: dict = {}
 cycles: dict = {}
@@ -69,13 +71,14 @@ def _rss_kib() -> int:
 
 
 def _gc_cb(phase: str, info: dict) -> None:
-    now = time.perf_counter()
+    now, cpu = time.perf_counter(), time.thread_time()
     if phase == "start":
-        _pending[0] = now
+        _pending[0], _pending[1] = now, cpu
     else:
-        start = _pending.pop(0, now)
+        start, cpu0 = _pending.pop(0, now), _pending.pop(1, cpu)
         pauses.append((round(time.monotonic() - T0, 3), info["generation"],
-                       round((now - start) * 1000.0, 3), info.get("collected", 0), _forced[0]))
+                       round((now - start) * 1000.0, 3), info.get("collected", 0), _forced[0],
+                       round((cpu - cpu0) * 1000.0, 3)))
 
 
 def _dump(path: str) -> None:

@@ -14,7 +14,7 @@ from .entropy import POOL
 from .guard import Guard
 from .health import HealthBook, Pinger
 from .keyfile import keyring
-from .media.anchor import MediaAnchor
+from .media.anchor import MediaAnchor, SdpScreen
 from .media.pool import MediaPool
 from .proxy import Proxy
 from .routing import Router
@@ -48,7 +48,7 @@ def build(config: Config, now: float | None = None, *, keepalive: bool = False,
                   on_ban=on_ban)  # who may talk to us and how much
     proxy = Proxy(router, guard, entropy=entropy, media=media,
                   invite_timeout=config.teams.invite_timeout, prack=config.pbx.prack,
-                  early_media=config.pbx.early_media)
+                  early_media=config.pbx.early_media, sdp_screen=SdpScreen(config.media).refusal)
     if now is not None:
         guard.start(now)
         proxy.add_timed(guard)  # counters report and stale-entry cleanup

@@ -59,6 +59,21 @@ def user_name() -> str:
         return f"uid {os.geteuid()}"
 
 
+def cert_command(certs_dir: Path | None, args: str) -> str:
+    """`teamsbc cert ARGS` as the admin must type it: run as root on an installed box, where
+    certs_dir belongs to the renewal unit's user, it needs `runuser -u USER --` (root would
+    be refused: the new key would be unreadable to the SBC)."""
+    cmd = f"teamsbc cert {args}"
+    if certs_dir is None or os.geteuid() != 0:
+        return cmd
+    try:
+        owner = _nearest_existing(Path(certs_dir)).stat().st_uid
+        who = pwd.getpwuid(owner).pw_name
+    except (OSError, KeyError):
+        return cmd
+    return cmd if owner == 0 else f"runuser -u {who} -- {cmd}"
+
+
 def _config_hint(config: Config) -> str:
     src = config.source
     return src if not src.startswith("<") else "FILE"
@@ -67,14 +82,14 @@ def _config_hint(config: Config) -> str:
 # --------------------------------------------------------------------------- certificate
 def certificate_findings(cert_path: Path, key_path: Path, names: Iterable[str], *,
                          config_file: str = "FILE", now: dt.datetime | None = None,
-                         trusted_ca: Path | None = None) -> list[Finding]:
+                         trusted_ca: Path | None = None, certs_dir: Path | None = None) -> list[Finding]:
     """The Teams certificate and key as the TLS listener will load them."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     from .certs.gate import cert_names, name_covered
     now = now or dt.datetime.now(dt.timezone.utc)
-    issue = f"teamsbc cert issue -c {config_file}"
+    issue = cert_command(certs_dir, f"issue -c {config_file}")
     out: list[Finding] = []
 
     def unreadable(key: str, path: Path, e: OSError) -> Finding:
@@ -150,7 +165,7 @@ def certificate_findings(cert_path: Path, key_path: Path, names: Iterable[str], 
     if leaf.not_valid_after_utc <= now:
         out.append(Finding("teams.certificate", f"{cert_path} expired on "
                            f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
-                           f"renew it: teamsbc cert renew --force -c {config_file}"))
+                           f"renew it: {cert_command(certs_dir, f'renew --force -c {config_file}')}"))
     elif leaf.not_valid_before_utc > now:
         out.append(Finding("teams.certificate", f"{cert_path} is not valid before "
                            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
@@ -158,7 +173,7 @@ def certificate_findings(cert_path: Path, key_path: Path, names: Iterable[str], 
     elif leaf.not_valid_after_utc - now < dt.timedelta(days=EXPIRY_WARN_DAYS):
         days = (leaf.not_valid_after_utc - now).total_seconds() / 86400
         out.append(Finding("teams.certificate", f"{cert_path} expires in {days:.1f} days",
-                           f"renew it: teamsbc cert renew -c {config_file}; check that "
+                           f"renew it: {cert_command(certs_dir, f'renew -c {config_file}')}; check that "
                            "teamsbc-renew.timer runs (systemctl list-timers teamsbc-renew)",
                            error=False))
     if not any(f.error for f in out):
@@ -302,7 +317,7 @@ def run_checks(config: Config, *, now: dt.datetime | None = None) -> list[Findin
     names = [config.sbc.fqdn, *t.tenants]
     return (certificate_findings(t.certificate, t.private_key, names,
                                  config_file=_config_hint(config), now=now,
-                                 trusted_ca=t.trusted_ca)
+                                 trusted_ca=t.trusted_ca, certs_dir=config.certs_dir)
             + listener_findings(config) + state_findings(config))
 
 

@@ -41,10 +41,12 @@ Entropy = Callable[[int], bytes]   # os.urandom, or a seeded source in tests
 class Proxy:
     def __init__(self, policy: RoutingPolicy, gate: Gate, *, entropy: Entropy,
                  media: MediaPlanner | None = None, invite_timeout: float = 4.0,
-                 prack: str = "strip", early_media: str = "pass"):
+                 prack: str = "strip", early_media: str = "pass",
+                 sdp_screen: Callable[[Request | Response], str | None] | None = None):
         self.policy = policy
         self.gate = gate
         self.media = media  # None: signalling only
+        self.sdp_screen = sdp_screen or (media.sdp_refusal if media is not None else None)
         self.legs: dict[str, Leg] = policy.legs
         self.invite_timeout = invite_timeout
         self.entropy = entropy
@@ -190,9 +192,9 @@ class Proxy:
         verdict = self.gate.screen(req, src, now)
         if verdict is not None:  # a Drop (scanner, flood) or a 503 beyond a limit
             self.stats["rejected"] += 1
-            if isinstance(verdict, Reply):
-                log.info("answered %s from %s:%d with %d (%s) call_id=%s", req.method, *src.addr,
-                         verdict.status, verdict.log, req.call_id)
+            if isinstance(verdict, Reply):  # the guard notes it once per report (not each: a flood)
+                log.debug("answered %s from %s:%d with %d (%s) call_id=%s", req.method, *src.addr,
+                          verdict.status, verdict.log, req.call_id)
                 sv = self.t.new_server(req, src, key, now)
                 self.t.respond(sv, self.local_response(req, verdict, src.leg), now, out)
             return
@@ -443,15 +445,15 @@ class Proxy:
     def _media_then_relay(self, relay: Relay, ctx: ClientTransaction, resp: Response, now: float,
                           out: list) -> None:
         """A response with SDP waits for rtpengine's answer; later ones queue behind it."""
+        if self.media is not None and relay.answering is not None:
+            relay.queue.append((ctx, resp))  # keep the order of responses
+            return
+        refused = self._sdp_refused(resp) if 180 <= resp.status < 300 else None
+        if refused is not None:  # the callee's SDP reaches neither rtpengine nor the caller
+            log.warning("%d refused, ending the call: %s call_id=%s", resp.status, refused.log, relay.call_id)
+            self._teardown(relay, ctx, resp, now, out, refused)
+            return
         if self.media is not None:
-            if relay.answering is not None:
-                relay.queue.append((ctx, resp))  # keep the order of responses
-                return
-            refused = self._sdp_refused(resp) if 180 <= resp.status < 300 else None
-            if refused is not None:  # the callee's SDP never reaches rtpengine either
-                log.warning("%d refused, ending the call: %s call_id=%s", resp.status, refused.log, relay.call_id)
-                self._teardown(relay, ctx, resp, now, out, refused)
-                return
             step = self.pbx.response_step(relay, ctx, resp, now)
             if step is not None:
                 relay.answering = self.await_media(MediaOp.ANSWER, (relay, ctx, resp), step, out)
@@ -555,7 +557,7 @@ class Proxy:
 
     def _sdp_refused(self, msg: Request | Response) -> Reply | None:
         """488 (RFC 3261 21.4.26) with a Warning naming the media.max_* limit the SDP exceeds."""
-        why = self.media.sdp_refusal(msg) if self.media is not None else None
+        why = self.sdp_screen(msg) if self.sdp_screen is not None else None
         return None if why is None else Reply(488, "Not Acceptable Here", [("Warning", f'399 sbc "{why}"')], why)
 
     def media_forget(self, relay: Relay, out: list) -> None:

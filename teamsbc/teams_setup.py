@@ -203,7 +203,25 @@ def install_firewall(rules: str, path: Path) -> int:
             os.unlink(tmp)
     print(f"firewall: table inet teamsbc loaded and written to {path}; teamsbc-firewall.service "
           f"loads it at boot (systemctl enable teamsbc-firewall; see: nft list table inet teamsbc)")
+    _firewall_unit_started(path)
     return 0
+
+
+def _firewall_unit_started(path: Path) -> None:
+    """Installed under a booted systemd, the unit was skipped at install (its file did not
+    exist yet: ConditionPathExists): start it now, so `systemctl status teamsbc-firewall`
+    says active, as it will after the next boot. It loads the same file again (the table
+    deletes itself first) and is a no-op when already active."""
+    import shutil
+    import subprocess
+    if str(path) != FIREWALL_FILE or not Path("/run/systemd/system").is_dir() or not shutil.which("systemctl"):
+        return
+    r = subprocess.run(["systemctl", "start", "teamsbc-firewall.service"], capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0:
+        print(f"firewall: systemctl start teamsbc-firewall.service failed ({(r.stderr or r.stdout).strip()}); "
+              "the table is loaded now, but nothing loads it at boot until deploy/install.sh installs "
+              "that unit", file=sys.stderr)
 
 
 def cmd_teams_setup(args: argparse.Namespace) -> int:

@@ -152,6 +152,8 @@ def test_debian_12_booted_appliance(tmp_path, procs, test_pki, bookworm_root, re
         # ---- firewall, then the service and the timer
         fw = box.run("teamsbc", "teams-setup", "-c", CONF, "--firewall")
         assert "loaded" in fw.stdout
+        # its boot unit was skipped at install (no file yet); now it says what is true
+        assert box.show("teamsbc-firewall.service", "ActiveState")["ActiveState"] == "active", fw.stderr
         assert f"dport {tls_port}" in box.run("nft", "list", "table", "inet", "teamsbc").stdout.replace("$SBC_TLS_PORT", str(tls_port))
         box.run("systemctl", "enable", "--now", "teamsbc", "teamsbc-renew.timer")
         wait_for(lambda: port_listening("127.0.0.1", tls_port), 30, what="the installed SBC's TLS port")

@@ -95,3 +95,25 @@ async def test_sdp_bombs_from_either_leg_never_reach_rtpengine(procs, tmp_path, 
         body = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(
             f"http://{r.sbc.config['admin']['listen']}/health", timeout=5)))
         assert re.search(r"up", json.dumps(body)), body
+
+
+async def test_without_rtpengine_the_limits_still_hold_and_nothing_is_relayed(procs, tmp_path, test_pki):
+    """Signalling only (media.rtpengine: []), the real SBC process: a 300-m-line SDP from
+    either leg gets 488 naming media.max_media_lines and never reaches the other side (a
+    stranger's install relayed it to Teams as it was); the next call is relayed."""
+    async with rig(procs, tmp_path, test_pki, [], []) as r:
+        what, sdp, limit = BOMBS[0]
+        for leg in ("teams", "pbx"):
+            if leg == "teams":
+                call = await r.peer.invite(to=TEAMS_CALLEE, from_=TEAMS_CALLER, sdp=sdp)
+                call_id, status, warning = call.call_id, call.status, call.final.msg.header("warning")
+            else:
+                call_id, final = await pbx_invite_with(r, sdp)
+                status, warning = final.status, final.header("warning")
+            d = f"{what} from {leg}\n{r.diag()}"
+            assert (status, limit in (warning or "")) == (488, True), (warning, d)
+            assert not r.pbx.find(lambda m: m.call_id == call_id and m.is_request), d
+            assert not r.peer.find(lambda m: m.msg.call_id == call_id and m.msg.is_request), d
+        call_id, final = await pbx_invite_with(r, HEAD + AUDIO)   # a normal offer goes through
+        assert final.status == 200, r.diag()
+        assert r.peer.find(lambda m: m.msg.call_id == call_id and m.msg.is_request), r.diag()

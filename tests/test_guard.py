@@ -208,6 +208,25 @@ def test_pbx_and_teams_buckets_answer_503_for_new_requests_only(tmp_path):
     resp = parse_message(out[0].data)
     assert resp.status == 503 and resp.headers.get("retry-after") == "30"
     assert proxy.gate.counters == {"rate_limited_pbx": 1}
+
+
+def test_a_flood_beyond_the_rate_is_counted_not_logged_line_by_line(tmp_path, caplog):
+    """A PBX that floods REGISTERs (a stranger's install: 2,450 INFO lines in 0.8 s) gets its
+    503s; the log says it once per report period, and the counters say how many."""
+    proxy = proxy_for(tmp_path, security={"pbx_rate": 1, "pbx_burst": 2})
+    caplog.set_level(logging.INFO, logger="teamsbc")
+    answers = []
+    for n in range(500):
+        reg = (f"REGISTER sip:10.0.0.5 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKr{n}\r\n"
+               f"From: <sip:100@10.0.0.5>;tag=r{n}\r\nTo: <sip:100@10.0.0.5>\r\nCall-ID: reg-{n}\r\n"
+               f"CSeq: 1 REGISTER\r\nContact: <sip:100@10.0.0.5>\r\nMax-Forwards: 70\r\n"
+               f"Content-Length: 0\r\n\r\n").encode()
+        answers += [parse_message(s.data).status for s in proxy.receive(reg, PBX_SRC, 0.0)
+                    if s.data.startswith(b"SIP/2.0")]
+    assert answers.count(503) == 498 and proxy.gate.counters["rate_limited_pbx"] == 498
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) <= 3, lines
+    assert any(f"rate limited pbx from {PBX_SRC.addr[0]}" in m for m in lines), lines
     # in-dialog requests are never limited (a call in progress must be able to end)
     bye = ("BYE sip:api@sip-du-a-eu.pstnhub.microsoft.com SIP/2.0\r\n"
            "Via: SIP/2.0/UDP 10.0.0.10:5060;branch=z9hG4bKbye1;rport\r\n"

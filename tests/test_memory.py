@@ -181,7 +181,7 @@ def test_the_collector_walks_only_young_objects_and_still_frees_everything():
         def call_later(self, delay, fn):
             return None
 
-    policy = YoungOnly(grow=1e9)
+    policy = YoungOnly(grow=1e9, check_every=1)
     try:
         policy.start(Loop())
         base = gc.get_freeze_count()
@@ -218,5 +218,14 @@ def test_the_collector_walks_only_young_objects_and_still_frees_everything():
         kept.append(Node())
         policy.tick()
         assert policy.sweeps == 1
+        # under load the frozen set (counting it walks it) is counted every check_every ticks only
+        policy = YoungOnly(grow=1.0, busy=lambda: True, check_every=3)
+        policy.start(Loop())
+        kept += [Node() for _ in range(100)]
+        policy.tick()
+        policy.tick()
+        assert (policy.counts, policy.sweeps) == (0, 0)
+        policy.tick()
+        assert (policy.counts, policy.sweeps) == (1, 1)
     finally:
         gc.unfreeze()

@@ -98,6 +98,27 @@ def test_missing_certificate_says_teamsbc_cert_issue(tmp_path):
     assert run.returncode == 2 and "teams.certificate" in run.stderr and "teamsbc cert issue" in run.stderr
 
 
+def test_as_root_on_an_installed_box_the_fix_says_runuser(tmp_path):
+    """Installed, certs_dir belongs to the renewal unit's user and root is refused by `teamsbc
+    cert` (a root-owned key is unreadable to the SBC): the hint is the command that works
+    (found by a stranger's install: the hints said `teamsbc cert issue` alone)."""
+    if os.geteuid() != 0:
+        pytest.fail("runs as root (as the admin does): the hint depends on it")
+    path = write_config(tmp_path, tmp_path / "none/fullchain.pem", tmp_path / "none/privkey.pem")
+    data = yaml.safe_load(path.read_text())
+    del data["teams"]["certificate"], data["teams"]["private_key"]
+    data["certs_dir"] = str(tmp_path / "certs")
+    path.write_text(yaml.safe_dump(data))
+    (tmp_path / "certs").mkdir()
+    os.chown(tmp_path / "certs", 65534, 65534)
+    r = teamsbc("check", "-c", str(path))
+    assert r.returncode == 2, r.stderr
+    assert f"fix: get a certificate: runuser -u nobody -- teamsbc cert issue -c {path}" in r.stderr
+    assert preflight.cert_command(tmp_path / "certs", "renew") == "runuser -u nobody -- teamsbc cert renew"
+    os.chown(tmp_path / "certs", 0, 0)  # a root-owned (lab) store: root runs it itself
+    assert preflight.cert_command(tmp_path / "certs", "renew") == "teamsbc cert renew"
+
+
 def test_garbage_pem_and_key(tmp_path, ca):
     cert, key = pair(tmp_path / "live", ca)
     cert.write_text("not a certificate\n")

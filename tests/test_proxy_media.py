@@ -198,3 +198,32 @@ def test_the_initial_offer_and_its_answer_label_the_caller_and_the_callee(proxy)
     reinvite = parse_message(teams_invite("z9hG4bKre").replace(b"user=phone>\r\nCALL-ID", b"user=phone>;tag=p1\r\nCALL-ID"))
     step = proxy.media.for_request(reinvite, PBX)
     assert step.command["command"] == "offer" and "label" not in step.command   # labels stay as set
+
+
+@pytest.mark.parametrize("leg", ["teams", "pbx"])
+def test_without_rtpengine_an_sdp_bomb_is_not_relayed_either(tmp_path, leg):
+    """Signalling only (no media.rtpengine): the media.max_* limits still hold, so a 300-m-line
+    SDP never reaches the other leg (a stranger's install relayed it to Teams as it was)."""
+    bare = build(make(tmp_path))[1]
+    assert bare.media is None
+    invite, src = (teams_invite(), TEAMS_SRC) if leg == "teams" else (pbx_invite(), PBX_SRC)
+    media, sends = split(bare.receive(_with_sdp(invite, BOMBS["media.max_media_lines"]), src, 0.0))
+    assert media == [] and kinds(sends) == [488] and sends[0][0] == src
+    assert "media.max_media_lines" in sends[0][1].headers.get("warning")
+    # a normal offer is relayed as it is
+    media, sends = split(bare.receive(invite.replace(b"call-1", b"call-2").replace(b"teams-call-1", b"teams-call-2")
+                                      .replace(b"z9hG4bK", b"z9hG4bKnext"), src, 0.1))
+    assert media == [] and kinds(sends) == [100, "INVITE"]
+
+
+def test_without_rtpengine_a_bomb_in_the_callee_answer_ends_the_call(tmp_path):
+    bare = build(make(tmp_path))[1]
+    _, sends = split(bare.receive(teams_invite(), TEAMS_SRC, 0.0))
+    inv = sends[-1][1]
+    ok = response_to(inv.to_bytes(), 200, "OK", to_tag="p1", contact="<sip:+15551230000@10.0.0.10:5060>",
+                     rr=inv.headers.get_all("record-route"), body=BOMBS["media.max_media_lines"]).replace(
+        b"Content-Length: ", b"Content-Type: application/sdp\r\nContent-Length: ", 1)
+    media, sends = split(bare.receive(ok, PBX_SRC, 0.1))
+    by = {str(k): (d, m) for (d, m), k in zip(sends, kinds(sends))}
+    assert media == [] and sorted(by) == ["488", "ACK", "BYE"]
+    assert by["488"][0] == TEAMS_SRC and "media.max_media_lines" in by["488"][1].headers.get("warning")

@@ -13,6 +13,7 @@ from cryptography import x509
 
 from ..certs.gate import GatePolicy, load_roots, run_gate
 from ..config import Config
+from ..preflight import cert_command
 from .report import FAIL, PASS, WARN, Result
 
 EXPIRY_WARN_DAYS = 30
@@ -21,11 +22,13 @@ EXPIRY_WARN_DAYS = 30
 def check(config: Config) -> list[Result]:
     t = config.teams
     c = "cert"
+    src = config.source if not config.source.startswith("<") else "FILE"
+    issue, renew = (cert_command(config.certs_dir, f"{a} -c {src}") for a in ("issue", "renew"))
     try:
         chain_pem, key_pem = t.certificate.read_bytes(), t.private_key.read_bytes()
     except OSError as e:
         return [Result(FAIL, f"{c} files", f"cannot read {e.filename}: {e.strerror}",
-                       "check teams.certificate / teams.private_key (teamsbc cert issue creates them)")]
+                       f"check teams.certificate / teams.private_key ({issue} creates them)")]
     names = (config.sbc.fqdn, *config.teams.tenants)
     with warnings.catch_warnings():  # odd entries of a distribution bundle are not our finding
         warnings.simplefilter("ignore")
@@ -57,7 +60,7 @@ def check(config: Config) -> list[Result]:
     out.append(Result(PASS, f"{c} names", f"{', '.join(names)} covered ({n.detail})") if n.ok else
                Result(FAIL, f"{c} names", n.detail,
                       f"get a certificate for {', '.join(names)} (a wildcard covers one label): "
-                      "teamsbc cert issue -c FILE"))
+                      f"{issue}"))
     k = by["key"]
     out.append(Result(PASS, f"{c} key", k.detail) if k.ok else
                Result(FAIL, f"{c} key", k.detail, "issue an RSA 2048+ certificate (Teams' suites are ECDHE-RSA)"))
@@ -69,7 +72,7 @@ def check(config: Config) -> list[Result]:
                Result(WARN, f"{c} clientAuth", "clientAuth absent from the EKU: the SBC presents this certificate "
                       "as a TLS client to Teams, which required clientAuth from March 2024 (public CAs drop it in 2026)",
                       "if Teams refuses our connections (certificate_unknown), use a CA profile with clientAuth"))
-    out.append(_validity(report.leaf))
+    out.append(_validity(report.leaf, renew))
     km = next((x for x in report.checks if x.name == "key_match"), None)
     if km is not None:
         out.append(Result(PASS, f"{c} key match", km.detail) if km.ok else
@@ -77,7 +80,7 @@ def check(config: Config) -> list[Result]:
                           "teams.private_key must be the key of teams.certificate (both from the same issuance)"))
     return out
 
-def _validity(leaf: x509.Certificate) -> Result:
+def _validity(leaf: x509.Certificate, renew: str) -> Result:
     now = dt.datetime.now(dt.timezone.utc)
     nb, na = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     check = "cert validity"
@@ -86,9 +89,9 @@ def _validity(leaf: x509.Certificate) -> Result:
                       "check this host's clock (see the clock check), or wait")
     if now >= na:
         return Result(FAIL, check, f"expired at {na:%Y-%m-%d %H:%M:%S} UTC",
-                      "renew it now (teamsbc cert renew -c FILE), then systemctl reload teamsbc")
+                      f"renew it now ({renew}), then systemctl reload teamsbc")
     left = (na - now).total_seconds() / 86400
     if left < EXPIRY_WARN_DAYS:
         return Result(WARN, check, f"{left:.1f} days left (until {na:%Y-%m-%d})",
-                      "renew it (teamsbc cert renew -c FILE; is teamsbc-renew.timer enabled?)")
+                      f"renew it ({renew}; is teamsbc-renew.timer enabled?)")
     return Result(PASS, check, f"{left:.0f} days left (until {na:%Y-%m-%d})")

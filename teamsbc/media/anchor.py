@@ -45,20 +45,18 @@ def _tags(msg: Message) -> tuple[str, str | None]:
     return msg.from_addr.tag or "", msg.to_addr.tag
 
 
-class MediaAnchor:
-    """The MediaPlanner of decisions.py."""
+class SdpScreen:
+    """The media.max_* limits on every SDP, from either leg, with or without rtpengine: with
+    it, one INVITE must not take media down for every call (issue 12); without it, an SDP
+    bomb is not relayed to the other side either."""
 
-    def __init__(self, settings: MediaSection, pbx_host: str = "0.0.0.0"):
-        self.s = settings
-        self.pbx_host = pbx_host   # where a delayed offer's placeholder SDP points (port 9)
+    def __init__(self, settings: MediaSection):
         self.limits = sdp_policy.SdpLimits(settings.max_media_lines, settings.max_sdp_size,
                                            settings.max_sdp_attributes, settings.max_sdp_line_length)
 
-    def sdp_refusal(self, msg: Message) -> str | None:
-        """Why the SDP of this message must not reach rtpengine (a media.max_* limit, or a body
-        declared as SDP that is not UTF-8 text), or None. Asked before every command that
-        would carry it, for messages from either leg: one INVITE must not take media down for
-        every call (issue 12)."""
+    def refusal(self, msg: Message) -> str | None:
+        """Why the SDP of this message is refused (a media.max_* limit, or a body declared as
+        SDP that is not UTF-8 text), or None."""
         body = _declared_sdp(msg)
         if body is None:
             return None
@@ -67,6 +65,20 @@ class MediaAnchor:
         except UnicodeDecodeError:
             return "SDP is not UTF-8 text"
         return sdp_policy.limit_problem(sdp, self.limits)
+
+
+class MediaAnchor:
+    """The MediaPlanner of decisions.py."""
+
+    def __init__(self, settings: MediaSection, pbx_host: str = "0.0.0.0"):
+        self.s = settings
+        self.pbx_host = pbx_host   # where a delayed offer's placeholder SDP points (port 9)
+        self.screen = SdpScreen(settings)
+        self.limits = self.screen.limits
+
+    def sdp_refusal(self, msg: Message) -> str | None:
+        """Asked before every command that would carry this message's SDP."""
+        return self.screen.refusal(msg)
 
     def _side_kw(self, toward: str) -> dict[str, Any]:
         kw: dict[str, Any] = {"inject_dtmf": self.s.info_dtmf}
