@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from .decisions import PBX, TEAMS, Source
 from .sip.errors import ParseError
@@ -25,6 +25,7 @@ log = logging.getLogger("teamsbc.transport")
 CONNECT_TIMEOUT = 5.0
 TLS_HANDSHAKE_TIMEOUT = 5.0
 MAINTENANCE_INTERVAL = 5.0
+PRUNE_MIN = 1024   # a connection's transaction tokens are pruned each time their number doubles from here
 
 
 class TeamsIdentityError(Exception):
@@ -67,6 +68,18 @@ class SourceLog:
             log.log(self.level, "%d more like this from %s in %gs, the last: %s", e[1], ip, self.period, e[2])
 
 
+def carried(conn: "StreamConn", token: Any, active: Callable[[Any], bool]) -> None:
+    """Note that a client transaction's request went out on `conn` (a retiring connection
+    closes when none of them is active). Ended ones are dropped each time the set doubles
+    (amortised O(1)): a connection to Teams lives for an hour (teams.connection_max_age) and
+    carried every call's requests; without pruning it kept all of their keys."""
+    tokens = conn.tokens
+    tokens.add(token)
+    if len(tokens) >= conn.prune_at:
+        conn.tokens = tokens = {t for t in tokens if active(t)}
+        conn.prune_at = max(PRUNE_MIN, 2 * len(tokens))
+
+
 class StreamConn(asyncio.Protocol):
     """One TCP or TLS connection, inbound or outbound, framed by Content-Length."""
 
@@ -84,7 +97,8 @@ class StreamConn(asyncio.Protocol):
         self.messages = 0                        # complete SIP messages received
         self.last_msg = self.born
         self.partial_since: float | None = None  # first byte of a message not complete yet
-        self.tokens: set = set()            # client transactions whose requests went out here
+        self.tokens: set = set()            # client transactions whose requests went out here (carried())
+        self.prune_at = PRUNE_MIN
         self._early = bytearray()           # bytes that arrived before connection_made (start_tls)
         self._keepalive: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []         # written this loop turn, sent together (Shell.flush)

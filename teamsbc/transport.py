@@ -32,7 +32,7 @@ from .workers import Mesh, call_id_of
 log = logging.getLogger("teamsbc.transport")
 
 from .connections import (CONNECT_TIMEOUT, MAINTENANCE_INTERVAL, TLS_HANDSHAKE_TIMEOUT, RemoteConn,
-                          SourceLog, StreamConn, TeamsIdentityError, TlsAcceptor, UdpSocket)
+                          SourceLog, StreamConn, TeamsIdentityError, TlsAcceptor, UdpSocket, carried)
 
 
 class Shell:
@@ -361,7 +361,7 @@ class Shell:
             conn.write(data)
             self._sent(data, dest.leg, conn.proto, conn.local, conn.src.addr)  # type: ignore[union-attr]
             if token is not None:
-                conn.tokens.add(token)
+                carried(conn, token, self.proxy.is_client_active)
             return
         waiting = self._connecting.get(key)
         if waiting is not None:
@@ -406,7 +406,7 @@ class Shell:
             conn.write(data)
             self._sent(data, dest.leg, conn.proto, conn.local, conn.src.addr)  # type: ignore[union-attr]
             if token is not None:
-                conn.tokens.add(token)
+                carried(conn, token, self.proxy.is_client_active)
 
     async def _resolve(self, host: str, port: int) -> HostPort:
         infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
