@@ -41,6 +41,7 @@ minutes: list[dict] = []
 tm: dict = {}
 cycles: dict = {}
 censuses: list[dict] = []
+newobjs: list[dict] = []
 
 
 def _census(t: float) -> dict:
@@ -58,6 +59,38 @@ def _census(t: float) -> dict:
     return {"t": round(t, 1), "rss_kib": _rss_kib(), "objects": sum(kinds.values()), "frozen": frozen,
             "blocks": sys.getallocatedblocks(), "types": kinds.most_common(30),
             "ms": round((time.perf_counter() - t1) * 1e3, 1)}
+
+
+_marked: set[int] = set()
+
+
+def _new_objects(t: float, kind: str) -> dict:
+    """SOAK_NEW="T1,T2[,TYPE]": at T1 note the ids of every object of TYPE (default tuple),
+    at T2 sample the ones born since that are still alive, with what refers to them: which
+    structure keeps growing (a diagnostic; each stalls the SBC like a census)."""
+    gc.disable()
+    try:
+        frozen = gc.get_freeze_count()
+        gc.unfreeze()
+        objs = [o for o in gc.get_objects() if type(o).__name__ == kind]
+        if not _marked:
+            _marked.update(id(o) for o in objs)
+            out = {"t": round(t, 1), "marked": len(_marked)}
+        else:
+            new = [o for o in objs if id(o) not in _marked]
+            sample = []
+            for o in new[:: max(1, len(new) // 25)][:25]:
+                refs = [type(r).__name__
+                        for r in gc.get_referrers(o) if r is not objs and r is not new][:4]
+                sample.append({"repr": repr(o)[:240], "referrers": refs,
+                               "referrer_reprs": [repr(r)[:160] for r in gc.get_referrers(o)
+                                                  if r is not objs and r is not new][:2]})
+            out = {"t": round(t, 1), "new_alive": len(new), "sample": sample}
+        gc.freeze()
+        out["frozen_before"] = frozen
+        return out
+    finally:
+        gc.enable()
 
 
 def _rss_kib() -> int:
@@ -83,7 +116,7 @@ def _gc_cb(phase: str, info: dict) -> None:
 
 def _dump(path: str) -> None:
     data = {"pauses": pauses, "minutes": minutes, "tracemalloc": tm, "cycles": cycles, "censuses": censuses,
-            "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()}
+            "new_objects": newobjs, "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()}
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(data, fh)
@@ -97,6 +130,9 @@ def _sampler(path: str) -> None:
     cycles_at = float(os.environ.get("SOAK_CYCLES", 600))
     census_at = [float(x) for x in os.environ.get("SOAK_CENSUS", "300,1500").split(",") if x]
     snap_a = None
+    new_at = [x for x in os.environ.get("SOAK_NEW", "").split(",") if x]
+    new_kind = new_at.pop() if len(new_at) == 3 else "tuple"
+    new_at = [float(x) for x in new_at]
     next_minute = 60.0
     while True:
         time.sleep(1.0)
@@ -120,6 +156,9 @@ def _sampler(path: str) -> None:
             tm["b_traced_kib"] = round(tracemalloc.get_traced_memory()[0] / 1024, 1)
             tracemalloc.stop()
             tm["stopped"] = round(time.monotonic() - T0, 1)
+        if new_at and t >= new_at[0]:
+            new_at.pop(0)
+            newobjs.append(_new_objects(t, new_kind))
         if census_at and t >= census_at[0]:
             census_at.pop(0)
             censuses.append(_census(t))
