@@ -48,7 +48,8 @@ def build(config: Config, now: float | None = None, *, keepalive: bool = False,
                   on_ban=on_ban)  # who may talk to us and how much
     proxy = Proxy(router, guard, entropy=entropy, media=media,
                   invite_timeout=config.teams.invite_timeout, prack=config.pbx.prack,
-                  early_media=config.pbx.early_media, sdp_screen=SdpScreen(config.media).refusal)
+                  early_media=config.pbx.early_media,
+                  sdp_screen=(media.screen if media is not None else SdpScreen(config.media)).refusal)
     if now is not None:
         guard.start(now)
         proxy.add_timed(guard)  # counters report and stale-entry cleanup

@@ -74,7 +74,8 @@ def cert_command(certs_dir: Path | None, args: str) -> str:
     return cmd if owner == 0 else f"runuser -u {who} -- {cmd}"
 
 
-def _config_hint(config: Config) -> str:
+def config_hint(config: Config) -> str:
+    """The config file's path for a hint, FILE for an embedded or in-memory config."""
     src = config.source
     return src if not src.startswith("<") else "FILE"
 
@@ -316,7 +317,7 @@ def run_checks(config: Config, *, now: dt.datetime | None = None) -> list[Findin
     t = config.teams
     names = [config.sbc.fqdn, *t.tenants]
     return (certificate_findings(t.certificate, t.private_key, names,
-                                 config_file=_config_hint(config), now=now,
+                                 config_file=config_hint(config), now=now,
                                  trusted_ca=t.trusted_ca, certs_dir=config.certs_dir)
             + listener_findings(config) + state_findings(config))
 

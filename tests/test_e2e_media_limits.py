@@ -56,6 +56,23 @@ async def pbx_invite_with(r, sdp: str) -> tuple[str, object]:
     return call_id, final
 
 
+async def refused_unrelayed(r, leg: str, what: str, sdp: str, limit: str) -> tuple[str, str]:
+    """A new call from `leg` with this SDP: 488 naming `limit`, and neither side got a request
+    of it. Returns the Call-ID and a diagnostic."""
+    if leg == "teams":
+        call = await r.peer.invite(to=TEAMS_CALLEE, from_=TEAMS_CALLER, sdp=sdp)
+        call_id, status, warning = call.call_id, call.status, call.final.msg.header("warning")
+    else:
+        call_id, final = await pbx_invite_with(r, sdp)
+        status, warning = final.status, final.header("warning")
+    d = f"{what} from {leg}\n{r.diag()}"
+    assert status == 488, d
+    assert limit in (warning or ""), (warning, d)
+    assert not r.pbx.find(lambda m: m.call_id == call_id and m.is_request), d
+    assert not r.peer.find(lambda m: m.msg.call_id == call_id and m.msg.is_request), d
+    return call_id, d
+
+
 def health(r) -> int:
     admin = r.sbc.config["admin"]["listen"]
     try:
@@ -70,20 +87,10 @@ async def test_sdp_bombs_from_either_leg_never_reach_rtpengine(procs, tmp_path, 
     async with rig(procs, tmp_path, test_pki, [eng.ng_udp], [eng]) as r:
         for what, sdp, limit in BOMBS:
             for leg in ("teams", "pbx"):
-                if leg == "teams":
-                    call = await r.peer.invite(to=TEAMS_CALLEE, from_=TEAMS_CALLER, sdp=sdp)
-                    call_id, status, warning = call.call_id, call.status, call.final.msg.header("warning")
-                else:
-                    call_id, final = await pbx_invite_with(r, sdp)
-                    status, warning = final.status, final.header("warning")
-                d = f"{what} from {leg}\n{r.diag()}"
-                assert status == 488, d
-                assert limit in (warning or ""), (warning, d)
+                call_id, d = await refused_unrelayed(r, leg, what, sdp, limit)
                 assert eng.process.running, d
                 assert eng.command({"command": "ping"})["result"] == "pong", d
                 assert ng_commands(eng, call_id) == [], d          # rtpengine never saw it
-                assert not r.pbx.find(lambda m: m.call_id == call_id and m.is_request), d
-                assert not r.peer.find(lambda m: m.msg.call_id == call_id and m.msg.is_request), d
             # the next legitimate calls have media, both ways
             c = await (call_from_teams(r) if what != "250 m-lines" else call_from_pbx(r))
             await c.media(10)
@@ -104,16 +111,7 @@ async def test_without_rtpengine_the_limits_still_hold_and_nothing_is_relayed(pr
     async with rig(procs, tmp_path, test_pki, [], []) as r:
         what, sdp, limit = BOMBS[0]
         for leg in ("teams", "pbx"):
-            if leg == "teams":
-                call = await r.peer.invite(to=TEAMS_CALLEE, from_=TEAMS_CALLER, sdp=sdp)
-                call_id, status, warning = call.call_id, call.status, call.final.msg.header("warning")
-            else:
-                call_id, final = await pbx_invite_with(r, sdp)
-                status, warning = final.status, final.header("warning")
-            d = f"{what} from {leg}\n{r.diag()}"
-            assert (status, limit in (warning or "")) == (488, True), (warning, d)
-            assert not r.pbx.find(lambda m: m.call_id == call_id and m.is_request), d
-            assert not r.peer.find(lambda m: m.msg.call_id == call_id and m.msg.is_request), d
+            await refused_unrelayed(r, leg, what, sdp, limit)
         call_id, final = await pbx_invite_with(r, HEAD + AUDIO)   # a normal offer goes through
         assert final.status == 200, r.diag()
         assert r.peer.find(lambda m: m.msg.call_id == call_id and m.msg.is_request), r.diag()

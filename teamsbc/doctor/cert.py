@@ -13,7 +13,7 @@ from cryptography import x509
 
 from ..certs.gate import GatePolicy, load_roots, run_gate
 from ..config import Config
-from ..preflight import cert_command
+from ..preflight import cert_command, config_hint
 from .report import FAIL, PASS, WARN, Result
 
 EXPIRY_WARN_DAYS = 30
@@ -22,8 +22,7 @@ EXPIRY_WARN_DAYS = 30
 def check(config: Config) -> list[Result]:
     t = config.teams
     c = "cert"
-    src = config.source if not config.source.startswith("<") else "FILE"
-    issue, renew = (cert_command(config.certs_dir, f"{a} -c {src}") for a in ("issue", "renew"))
+    issue, renew = (cert_command(config.certs_dir, f"{a} -c {config_hint(config)}") for a in ("issue", "renew"))
     try:
         chain_pem, key_pem = t.certificate.read_bytes(), t.private_key.read_bytes()
     except OSError as e:
