@@ -206,6 +206,10 @@ def summarise_probe(p: dict) -> dict:
             "gc_frozen": p.get("gc_frozen")}
 
 
+def _mib(m: dict, key: str) -> str:
+    return f"{m[key] / 1024:.1f}" if key in m else ""
+
+
 def render(d: dict) -> str:
     pr, lat = d["probe"], d["latency"]
     a, b = d["uac"], d["uas"]
@@ -277,14 +281,19 @@ def render(d: dict) -> str:
         L.append("| allocated blocks | " + " | ".join(str(c["blocks"]) for c in cens) + " |")
         L.append("| RSS MiB | " + " | ".join(f"{c['rss_kib'] / 1024:.1f}" for c in cens) + " |")
         L.append("")
-    L += ["## Memory, every minute", "", "| minute | RSS MiB (probe) | RSS MiB (outside) | CPU s | load |",
-          "|---|---|---|---|---|"]
+    L += ["## Memory, every minute", "",
+          "Anon/file: the RSS's anonymous and file-backed pages; malloc: glibc's heap in every arena "
+          "(in use / free but kept); blocks: pymalloc's allocated blocks.", "",
+          "| minute | RSS MiB (probe) | RSS MiB (outside) | anon / file MiB | malloc in use / free MiB | blocks | CPU s | load |",
+          "|---|---|---|---|---|---|---|---|"]
     outside = {int(round(s["t"] / 60)): s for s in d["rss_outside"]}
     for m in pr["minutes"]:
         k = int(round(m["t"] / 60))
         o = outside.get(k, {})
         L.append(f"| {k} | {m['rss_kib'] / 1024:.1f}{' (tracemalloc on)' if m.get('tracemalloc_on') else ''} | "
-                 f"{o.get('rss_kib', 0) / 1024:.1f} | {o.get('cpu_s', '')} | {o.get('loadavg', '')} |")
+                 f"{o.get('rss_kib', 0) / 1024:.1f} | {_mib(m, 'RssAnon')} / {_mib(m, 'RssFile')} | "
+                 f"{_mib(m, 'malloc_in_use_kib')} / {_mib(m, 'malloc_free_kib')} | {m.get('blocks', '')} | "
+                 f"{o.get('cpu_s', '')} | {o.get('loadavg', '')} |")
     tm = pr.get("tracemalloc") or {}
     if tm.get("top_diff"):
         L += ["", f"## tracemalloc: what appeared between {tm['a_at'] / 60:.1f} and {tm['b_at'] / 60:.1f} min",

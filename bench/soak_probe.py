@@ -5,7 +5,8 @@
 - every cyclic collection, timed with gc.callbacks (start/stop): time since start, generation,
   duration (wall, and CPU time of the collecting thread), objects collected; a collection runs with the GIL held, so its duration is a pause
   of the event loop;
-- every minute: RSS (/proc/self/status), the collector's counters (gc.get_count, get_stats);
+- every minute: RSS (/proc/self/status: anonymous and file-backed), glibc's heap (mallinfo2: in use,
+  free but kept), pymalloc's blocks, the collector's counters (gc.get_count, get_stats);
 - tracemalloc: started at SOAK_TM_START seconds (default 240; SOAK_TM_FRAMES frames, default 1: each more frame costs), snapshots at
   SOAK_TM_A and SOAK_TM_B (default 300 and 1500 = 5 and 25 minutes) dumped to OUT.json.a.snapshot
   and .b.snapshot (bench/soak.py compares them after the run), stopped after the second;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import ctypes
 import gc
 import json
 import os
@@ -103,6 +105,34 @@ def _rss_kib() -> int:
     return 0
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                 "fordblks", "keepcost")]
+
+
+def _memory() -> dict:
+    """Where the RSS lives: anonymous vs file-backed pages (/proc/self/status), glibc's heap
+    (mallinfo2, every arena: in use, free but kept, mmapped blocks) and pymalloc's blocks."""
+    out: dict = {"blocks": sys.getallocatedblocks()}
+    try:
+        for line in open("/proc/self/status"):
+            k, _, v = line.partition(":")
+            if k in ("RssAnon", "RssFile", "RssShmem", "VmData"):
+                out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _Mallinfo2
+        mi = libc.mallinfo2()
+        out.update(malloc_in_use_kib=mi.uordblks // 1024, malloc_free_kib=mi.fordblks // 1024,
+                   malloc_mmapped_kib=mi.hblkhd // 1024, malloc_arena_kib=mi.arena // 1024)
+    except (AttributeError, OSError):
+        pass
+    return out
+
+
 def _gc_cb(phase: str, info: dict) -> None:
     now, cpu = time.perf_counter(), time.thread_time()
     if phase == "start":
@@ -177,7 +207,7 @@ def _sampler(path: str) -> None:
                            "types": kinds.most_common(20), "ms": round((time.perf_counter() - t1) * 1e3, 1)})
         if t >= next_minute:
             minutes.append({"t": round(t, 1), "rss_kib": _rss_kib(), "gc_count": gc.get_count(),
-                            "gc_stats": gc.get_stats(), "tracemalloc_on": tracemalloc.is_tracing()})
+                            "gc_stats": gc.get_stats(), "tracemalloc_on": tracemalloc.is_tracing(), **_memory()})
             next_minute += 60.0
             _dump(path)
 

@@ -26,6 +26,24 @@ CONNECT_TIMEOUT = 5.0
 TLS_HANDSHAKE_TIMEOUT = 5.0
 MAINTENANCE_INTERVAL = 5.0
 PRUNE_MIN = 1024   # a connection's transaction tokens are pruned each time their number doubles from here
+READ_BUFFER = 65536  # bytes: every socket of a shell is read into one buffer of this size
+
+
+class ReadBuffer:
+    """Every read of a shell's sockets lands in one preallocated buffer and leaves it as a copy
+    of exactly the bytes received (issue 12, RSS not flat). asyncio's own reads ask for 256 KiB
+    (TCP, TLS) and the UDP socket asked for 64 KiB, then shrink the result: glibc keeps such a
+    buffer either in an mmapped 4 KiB page per kept message, or, once any large temporary has
+    raised its mmap threshold, in a heap chunk cut in place whose free tail long-lived
+    messages pin. Measured with 20,000 live 1 KB messages: 66-105 MiB of free-but-kept heap,
+    still growing, against 2 MiB and flat with exact-size copies. Reads and the copy happen in
+    one synchronous step (recv_into, then bytes()), so one buffer per event loop is enough."""
+
+    def __init__(self, size: int = READ_BUFFER):
+        self.view = memoryview(bytearray(size))
+
+    def copy(self, nbytes: int) -> bytes:
+        return bytes(self.view[:nbytes])
 
 
 class TeamsIdentityError(Exception):
@@ -80,7 +98,7 @@ def carried(conn: "StreamConn", token: Any, active: Callable[[Any], bool]) -> No
         conn.prune_at = max(PRUNE_MIN, 2 * len(tokens))
 
 
-class StreamConn(asyncio.Protocol):
+class StreamConn(asyncio.BufferedProtocol):
     """One TCP or TLS connection, inbound or outbound, framed by Content-Length."""
 
     def __init__(self, shell: "Shell", leg: str, proto: str, key: tuple | None = None):
@@ -124,6 +142,13 @@ class StreamConn(asyncio.Protocol):
             self.shell.adopt(self)
         if self.key is None:
             log.debug("connection from %s:%d on the %s leg (%s)", peer[0], peer[1], self.leg, self.proto)
+
+    # asyncio reads into the shell's buffer (plain TCP: recv_into; TLS: SSLObject.read into it)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.shell.read_buffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.shell.read_buffer.copy(nbytes))
 
     def data_received(self, data: bytes) -> None:
         if self.src is None:
@@ -253,11 +278,12 @@ class UdpSocket:
             shell.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        shell, leg, recv = self.shell, self.leg, self.sock.recvfrom
-        door = shell.door
+        shell, leg, recv = self.shell, self.leg, self.sock.recvfrom_into
+        door, buf = shell.door, shell.read_buffer
         for _ in range(READ_BATCH):
             try:
-                data, addr = recv(65536)
+                n, addr = recv(buf.view)
+                data = buf.copy(n)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # an ICMP error reported on the socket

@@ -31,8 +31,8 @@ from .workers import Mesh, call_id_of
 
 log = logging.getLogger("teamsbc.transport")
 
-from .connections import (CONNECT_TIMEOUT, MAINTENANCE_INTERVAL, TLS_HANDSHAKE_TIMEOUT, RemoteConn,
-                          SourceLog, StreamConn, TeamsIdentityError, TlsAcceptor, UdpSocket, carried)
+from .connections import (CONNECT_TIMEOUT, MAINTENANCE_INTERVAL, TLS_HANDSHAKE_TIMEOUT, ReadBuffer,
+                          RemoteConn, SourceLog, StreamConn, TeamsIdentityError, TlsAcceptor, UdpSocket, carried)
 
 
 class Shell:
@@ -49,6 +49,7 @@ class Shell:
         self.loop = asyncio.get_running_loop()
         self.conns: set[StreamConn] = set()
         self.conn_seq = 0
+        self.read_buffer = ReadBuffer()   # every socket's reads land here first (connections.py)
         self.by_ident: dict[int, StreamConn] = {}
         self.mesh = mesh   # sbc.workers > 1: the other workers (workers.py)
         self._servers: list[asyncio.AbstractServer] = []
