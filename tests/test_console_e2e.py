@@ -400,7 +400,11 @@ def in_a_terminal(argv: list[str], *, until: str | None = None, count: int = 1, 
     import fcntl
     import termios
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 200, 0, 0))
-    p = subprocess.Popen(argv, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, cwd=ROOT)
+    # Ctrl-C as a terminal delivers it: a suite started in the background by a non-interactive
+    # shell (`./run-tests &`) has SIGINT ignored, children inherit that, and Python then keeps
+    # it ignored, so the SIGINT below would be lost (seen as a TimeoutExpired in a clean-clone run)
+    p = subprocess.Popen(argv, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, cwd=ROOT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     out = b""
     deadline = time.monotonic() + timeout
@@ -420,7 +424,12 @@ def in_a_terminal(argv: list[str], *, until: str | None = None, count: int = 1, 
                     until = None
             elif p.poll() is not None:
                 break
-        return p.wait(timeout=10), out.decode(errors="replace")
+        try:
+            return p.wait(timeout=10), out.decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{argv[3:]} still running {timeout:g} s after it started; "
+                                 f"{'it did not stop on SIGINT' if until is None else f'{until!r} not printed {count} times'}; "
+                                 f"output:\n{out.decode(errors='replace')[-3000:]}") from None
     finally:
         if p.poll() is None:
             p.kill()
