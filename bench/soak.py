@@ -127,6 +127,8 @@ def main() -> int:
 
     probe = json.loads(probe_out.read_text()) if probe_out.exists() else {}
     compare_snapshots(probe_out, probe.get("tracemalloc", {}))
+    # the probe's times count from the SBC's process start; the calls began at t0 (both monotonic)
+    serving_from = round(t0 - probe["t0_monotonic"], 3) if "t0_monotonic" in probe else 0.0
     a, b = SippStats.of(uac, ures), SippStats.of(uas, sres)
     times, starts, source = setup_times(uac)
     data = {
@@ -138,7 +140,7 @@ def main() -> int:
         "latency": latency(times, starts, percentile), "rss_outside": samples, "load": load,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
-        "probe": summarise_probe(probe),
+        "probe": summarise_probe(probe, serving_from),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +182,9 @@ def latency(times: list[float], starts: list[float], percentile) -> dict:
                            for m, v in sorted(per_minute.items())}}
 
 
-def summarise_probe(p: dict) -> dict:
+def summarise_probe(p: dict, serving_from: float = 0.0) -> dict:
+    """Collections are split at `serving_from` (seconds after the SBC's start, when the first
+    call went out): before it the SBC imports and freezes its start-up heap, with no call to stall."""
     pauses = [x for x in p.get("pauses", []) if not x[4]]   # not the probe's own forced one
     tm = p.get("tracemalloc", {})
     t_on, t_off = tm.get("started", 1e18), tm.get("stopped", 1e18)
@@ -200,6 +204,9 @@ def summarise_probe(p: dict) -> dict:
     by_gen = {g: stats([r for r in pauses if r[1] == g]) for g in (0, 1, 2)}
     outside = [r for r in pauses if not (t_on <= r[0] <= t_off)]
     return {"all": stats(pauses), "by_generation": by_gen, "without_tracemalloc": stats(outside),
+            "serving_from": serving_from,
+            "serving": stats([r for r in pauses if r[0] >= serving_from]),
+            "startup": stats([r for r in pauses if r[0] < serving_from]),
             "worst": sorted(pauses, key=lambda r: -r[2])[:10], "minutes": p.get("minutes", []),
             "tracemalloc": tm, "cycles": p.get("cycles", {}), "censuses": p.get("censuses", []),
             "gc_threshold": p.get("gc_threshold"),
@@ -224,9 +231,10 @@ def render(d: dict) -> str:
          "## Against the targets", "",
          "| Target | Measured | Met |", "|---|---|---|"]
     allp = pr["all"]
-    L.append(f"| no collector pause above 20 ms | max {allp.get('max_ms', 0):.1f} ms over "
-             f"{allp.get('n', 0)} collections ({allp.get('over_20_ms', 0)} above 20 ms) | "
-             f"{'yes' if allp.get('n') and allp.get('over_20_ms') == 0 else '**no**'} |")
+    serv, boot = pr.get("serving", allp), pr.get("startup", {})
+    L.append(f"| no collector pause above 20 ms while calls run | max {serv.get('max_ms', 0):.1f} ms over "
+             f"{serv.get('n', 0)} collections ({serv.get('over_20_ms', 0)} above 20 ms) | "
+             f"{'yes' if serv.get('n') and serv.get('over_20_ms') == 0 else '**no**'} |")
     p999 = lat.get("p99_9_ms")
     L.append(f"| p99.9 INVITE->200 below 50 ms | {p999 if p999 is None else round(p999, 1)} ms "
              f"(p50 {lat.get('p50_ms', 0):.1f}, p99 {lat.get('p99_ms', 0):.1f}, max {lat.get('max_ms', 0):.1f}; "
@@ -250,7 +258,8 @@ def render(d: dict) -> str:
           "wall time far above it is the kernel running other processes meanwhile).", "",
           "| | collections | max ms | p99 ms | > 10 ms | > 20 ms | CPU max ms | CPU p99 ms | CPU > 20 ms | objects collected |",
           "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [("all", allp)] + [(f"generation {g}", s) for g, s in pr["by_generation"].items()] + \
+    rows = [("all", allp), (f"while calls run (from {pr.get('serving_from', 0):.1f} s)", serv),
+            ("start-up, before the first call", boot)] + [(f"generation {g}", s) for g, s in pr["by_generation"].items()] + \
         [("outside the tracemalloc window", pr["without_tracemalloc"])]
     for name, s in rows:
         if s.get("n"):

@@ -146,7 +146,8 @@ def _gc_cb(phase: str, info: dict) -> None:
 
 def _dump(path: str) -> None:
     data = {"pauses": pauses, "minutes": minutes, "tracemalloc": tm, "cycles": cycles, "censuses": censuses,
-            "new_objects": newobjs, "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()}
+            "new_objects": newobjs, "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count(),
+            "t0_monotonic": T0}
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(data, fh)
