@@ -292,9 +292,10 @@ def render(d: dict) -> str:
         L.append("")
     L += ["## Memory, every minute", "",
           "Anon/file: the RSS's anonymous and file-backed pages; malloc: glibc's heap in every arena "
-          "(in use / free but kept); blocks: pymalloc's allocated blocks.", "",
-          "| minute | RSS MiB (probe) | RSS MiB (outside) | anon / file MiB | malloc in use / free MiB | blocks | CPU s | load |",
-          "|---|---|---|---|---|---|---|---|"]
+          "(in use / free but kept); blocks: pymalloc's allocated blocks; probe: what the probe's own "
+          "records of every collection hold (part of the RSS, not the SBC's).", "",
+          "| minute | RSS MiB (probe) | RSS MiB (outside) | anon / file MiB | malloc in use / free MiB | blocks | probe KiB | CPU s | load |",
+          "|---|---|---|---|---|---|---|---|---|"]
     outside = {int(round(s["t"] / 60)): s for s in d["rss_outside"]}
     for m in pr["minutes"]:
         k = int(round(m["t"] / 60))
@@ -302,6 +303,7 @@ def render(d: dict) -> str:
         L.append(f"| {k} | {m['rss_kib'] / 1024:.1f}{' (tracemalloc on)' if m.get('tracemalloc_on') else ''} | "
                  f"{o.get('rss_kib', 0) / 1024:.1f} | {_mib(m, 'RssAnon')} / {_mib(m, 'RssFile')} | "
                  f"{_mib(m, 'malloc_in_use_kib')} / {_mib(m, 'malloc_free_kib')} | {m.get('blocks', '')} | "
+                 f"{m.get('probe_kib', '')} | "
                  f"{o.get('cpu_s', '')} | {o.get('loadavg', '')} |")
     tm = pr.get("tracemalloc") or {}
     if tm.get("top_diff"):

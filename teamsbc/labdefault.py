@@ -7,7 +7,7 @@ its OPTIONS are answered, /health says ready, and one log line says what to try 
 | --- | --- |
 | SBC, Teams side (TLS) | 127.0.0.1:5061 |
 | SBC, PBX side (UDP) | 127.0.0.1:5060 |
-| admin API | http://127.0.0.1:8080/ |
+| admin API | http://127.0.0.1:7061/ (the configured default, admin_settings.DEFAULT_LISTEN) |
 | simulated Teams (sip, sip2, sip3.pstnhub.microsoft.com via teams.resolve) | 127.0.0.1:15061 |
 | simulated PBX trunk (UDP) | 127.0.0.1:5080 |
 | lab CA, certificates, CDRs, traces | $TEAMSBC_LAB_DIR, else $XDG_STATE_HOME/teamsbc/lab (~/.local/state/teamsbc/lab) |
@@ -22,11 +22,12 @@ import os
 from pathlib import Path
 
 from . import config as cfg
+from .admin_settings import DEFAULT_LISTEN as ADMIN_DEFAULT
 
 log = logging.getLogger("teamsbc")
 
 LAB_FQDN = "sbc.teamsbc.test"
-DEFAULT_PORTS = (5061, 5060, 8080, 15061, 5080)
+DEFAULT_PORTS = (5061, 5060, ADMIN_DEFAULT[1], 15061, 5080)
 
 
 def lab_dir() -> Path:

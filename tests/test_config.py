@@ -167,6 +167,16 @@ def test_admin_api_default_listener_is_loopback_7061(confdir):
     assert DEFAULT_LISTEN == ("127.0.0.1", 7061) and DEFAULT_ADMIN == "127.0.0.1:7061"
 
 
+def test_the_lab_default_admin_api_is_on_the_same_port(monkeypatch, tmp_path):
+    """`teamsbc run` without a config (what a new user runs first) kept 8080 after the
+    configured default moved to 7061: a busy 8080 still stopped the lab from starting."""
+    from teamsbc import labdefault
+    monkeypatch.delenv("TEAMSBC_LAB_PORTS", raising=False)
+    monkeypatch.setenv("TEAMSBC_LAB_DIR", str(tmp_path / "lab"))
+    assert labdefault.lab_ports()[2] == 7061
+    assert labdefault.lab_config().admin.listen == HostPort("127.0.0.1", 7061)
+
+
 @pytest.mark.e2e
 def test_a_busy_admin_port_stops_the_sbc_with_a_clear_error(tmp_path, procs, test_pki):
     import socket
