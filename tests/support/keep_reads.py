@@ -1,11 +1,12 @@
 """What memory the SBC's reads cost when it keeps what it received (issue 12: RSS not flat).
 
-    python -m tests.support.keep_reads tls|tcp|udp fresh|raised PKI_DIR
+    python -m tests.support.keep_reads tls|tcp|udp|ng fresh|raised PKI_DIR
 
 Runs in a fresh interpreter (tests/test_read_memory.py starts it): the shell's own connection
 classes (connections.StreamConn for TCP and TLS, connections.UdpSocket for UDP) receive SIP
-messages of 600-1,400 bytes over real loopback sockets, one read per message, and the
-receiver keeps the last 20,000 of them, as live transactions and the flight recorder do, while
+messages of 600-1,400 bytes over real loopback sockets, one read per message (`ng`: the
+rtpengine client, media.ng.NgClient over UDP, receives replies carrying SDP of that size from
+a responder on a loopback socket and the SDP is what is kept), and the receiver keeps the last 20,000 of them, as live transactions and the flight recorder do, while
 it allocates other buffers of 100-3,000 bytes with shorter lives (handling a message).
 Prints one JSON line: the bytes kept, and how much the process's RSS grew to keep them.
 
@@ -65,6 +66,8 @@ async def run(proto: str, pki: Path) -> dict:
     rng = random.Random(12)
     msgs = [message(n, rng) for n in range(200)]   # sent round-robin: the sender holds no new bytes
     closers = []
+    if proto == "ng":
+        return await run_ng(kept, churn, sizes, msgs)
     if proto == "udp":
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         rx.bind(("127.0.0.1", 0))
@@ -113,6 +116,55 @@ async def run(proto: str, pki: Path) -> dict:
     for c in closers:
         c()
     return {"proto": proto, "kept": len(kept), "kept_kib": held // 1024,
+            "grew_kib": full - base, "then_kib": end - full}
+
+
+async def run_ng(kept, churn, sizes, msgs) -> dict:
+    """The rtpengine client's reads: each reply's SDP is kept (a call holds it), the reply
+    datagram itself is transient."""
+    from teamsbc.media.bencode import encode
+    from teamsbc.media.ng import NgClient
+    loop = asyncio.get_running_loop()
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    served = [0]
+
+    def answer() -> None:
+        while True:
+            try:
+                data, addr = server.recvfrom(65536)
+            except BlockingIOError:
+                return
+            cookie = data.split(b" ", 1)[0]
+            sdp = msgs[served[0] % len(msgs)]
+            served[0] += 1
+            server.sendto(cookie + b" " + encode({"result": "ok", "sdp": sdp}), addr)
+    loop.add_reader(server.fileno(), answer)
+    client = NgClient(f"udp:127.0.0.1:{server.getsockname()[1]}")
+
+    async def pump(count: int) -> int:
+        size = 0
+        for _ in range(count):
+            reply = await client.request({"command": "offer", "call-id": "c", "from-tag": "t"})
+            kept.append(reply["sdp"])
+            churn.append(b"c" * sizes.randint(100, 3000))
+            size += len(reply["sdp"])
+        return size
+
+    await pump(2_000)
+    kept.clear()
+    base = rss_kib()
+    await pump(KEEP)
+    full = rss_kib()
+    await pump(TOTAL - KEEP)
+    end = rss_kib()
+    held = sum(len(m) for m in kept)
+    churn.clear()
+    await client.close()
+    loop.remove_reader(server.fileno())
+    server.close()
+    return {"proto": "ng", "kept": len(kept), "kept_kib": held // 1024,
             "grew_kib": full - base, "then_kib": end - full}
 
 
