@@ -126,6 +126,9 @@ def main() -> int:
     load.append({"t": round(wall, 1), "loadavg": [round(x, 2) for x in os.getloadavg()]})
 
     probe = json.loads(probe_out.read_text()) if probe_out.exists() else {}
+    rows = Path(str(probe_out) + ".pauses")
+    if "pauses" not in probe and rows.exists():
+        probe["pauses"] = [json.loads(line) for line in rows.read_text().splitlines() if line.strip()]
     compare_snapshots(probe_out, probe.get("tracemalloc", {}))
     # the probe's times count from the SBC's process start; the calls began at t0 (both monotonic)
     serving_from = round(t0 - probe["t0_monotonic"], 3) if "t0_monotonic" in probe else 0.0

@@ -16,7 +16,8 @@
   too) counted by type, with RSS and sys.getallocatedblocks(): what holds the memory.
 
 The teamsbc code, its GC settings included, runs as `python -m teamsbc` would run it. Everything
-is written to OUT.json at every minute and when the process exits (SIGTERM: graceful stop).
+is written to OUT.json (the collections to OUT.json.pauses, appended) at every minute and when
+the process exits (SIGTERM: graceful stop).
 """
 from __future__ import annotations
 
@@ -43,10 +44,6 @@ _forced: list[bool] = [False]
 # probe's own record 3 MiB of the SBC's heap growth over 30 minutes (soak 3).
 PAUSE_FIELDS = (("t", "d"), ("generation", "b"), ("ms", "d"), ("collected", "q"), ("forced", "b"), ("cpu_ms", "d"))
 pauses = {name: array.array(code) for name, code in PAUSE_FIELDS}
-
-
-def _pause_rows() -> list[tuple]:
-    return list(zip(*(pauses[name] for name, _ in PAUSE_FIELDS)))
 
 
 def _own_kib() -> float:
@@ -158,14 +155,28 @@ def _gc_cb(phase: str, info: dict) -> None:
             pauses[name].append(value)
 
 
-def _dump(path: str) -> None:
-    data = {"pauses": _pause_rows(), "minutes": minutes, "tracemalloc": tm, "cycles": cycles, "censuses": censuses,
-            "new_objects": newobjs, "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count(),
-            "t0_monotonic": T0}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
+_written = [0]              # collection records already appended to OUT.json.pauses
+_dumping = threading.Lock()  # the sampler thread and atexit
+
+
+def _dump(path: str, final: bool = False) -> None:
+    """Each minute: the new collection records are appended to OUT.json.pauses (one JSON row
+    per line), the rest rewrites OUT.json. Rewriting every record each minute (json.dump's
+    Python encoder, GIL-bound) took longer as the list grew and stalled the SBC near the end of a
+    soak. The frozen count (a walk of the frozen set) only at the end."""
+    with _dumping:
+        n = len(pauses["t"])
+        rows = zip(*(pauses[name][_written[0]:n] for name, _ in PAUSE_FIELDS))
+        with open(path + ".pauses", "a") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in rows))
+        _written[0] = n
+        data = {"pauses_file": path + ".pauses", "minutes": minutes, "tracemalloc": tm, "cycles": cycles,
+                "censuses": censuses, "new_objects": newobjs, "gc_threshold": gc.get_threshold(),
+                "gc_frozen": gc.get_freeze_count() if final else None, "t0_monotonic": T0}
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(data))
+        os.replace(tmp, path)
 
 
 def _sampler(path: str) -> None:
@@ -231,7 +242,7 @@ def _sampler(path: str) -> None:
 def main() -> None:
     path, args = sys.argv[1], sys.argv[2:]
     gc.callbacks.append(_gc_cb)
-    atexit.register(_dump, path)
+    atexit.register(_dump, path, True)
     threading.Thread(target=_sampler, args=(path,), name="soak-probe", daemon=True).start()
     sys.argv = ["teamsbc", *args]
     runpy.run_module("teamsbc", run_name="__main__", alter_sys=True)
