@@ -277,7 +277,7 @@ def render(d: dict) -> str:
                                       for r in pr["worst"][:5]), ""]
     cyc = pr.get("cycles") or {}
     if cyc:
-        L += [f"Objects in reference cycles, one full collection with DEBUG_SAVEALL at minute "
+        L += [f"Objects in reference cycles, frozen ones included, one full collection with DEBUG_SAVEALL at minute "
               f"{cyc['at'] / 60:.1f} (not counted above; it took {cyc['ms']} ms): {cyc['objects_in_cycles']} "
               f"({', '.join(f'{k} {v}' for k, v in cyc['types'][:10]) or 'none'}).", ""]
     cens = pr.get("censuses") or []

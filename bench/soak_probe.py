@@ -10,8 +10,9 @@
 - tracemalloc: started at SOAK_TM_START seconds (default 240; SOAK_TM_FRAMES frames, default 1: each more frame costs), snapshots at
   SOAK_TM_A and SOAK_TM_B (default 300 and 1500 = 5 and 25 minutes) dumped to OUT.json.a.snapshot
   and .b.snapshot (bench/soak.py compares them after the run), stopped after the second;
-- once, at SOAK_CYCLES seconds (default 600): one full collection with gc.DEBUG_SAVEALL, the
-  types of the objects that were in reference cycles (what only the cyclic collector frees);
+- once, at SOAK_CYCLES seconds (default 600): one full collection with gc.DEBUG_SAVEALL, frozen
+  objects included, the types of the objects that were in reference cycles (what only the
+  cyclic collector frees; the garbage is then freed);
 - at SOAK_CENSUS seconds (default 300,1500): every object the collector knows (frozen ones
   too) counted by type, with RSS and sys.getallocatedblocks(): what holds the memory.
 
@@ -219,17 +220,25 @@ def _sampler(path: str) -> None:
             census_at.pop(0)
             censuses.append(_census(t))
         if t >= cycles_at and not cycles:
+            # frozen objects too (teamsbc.collector freezes survivors; gc.collect() skips them),
+            # with no thread switch between unfreeze, collect and freeze (the SBC's tick freezes)
             t1 = time.perf_counter()
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(10.0)
             gc.set_debug(gc.DEBUG_SAVEALL)
             _forced[0] = True
             try:
+                frozen = gc.get_freeze_count()
+                gc.unfreeze()
                 found = gc.collect()
+                gc.freeze()
                 kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
             finally:
                 _forced[0] = False
                 gc.set_debug(0)
+                sys.setswitchinterval(switch)
                 gc.garbage.clear()
-            cycles.update({"at": round(t, 1), "objects_in_cycles": found,
+            cycles.update({"at": round(t, 1), "objects_in_cycles": found, "frozen_before": frozen,
                            "types": kinds.most_common(20), "ms": round((time.perf_counter() - t1) * 1e3, 1)})
         if t >= next_minute:
             minutes.append({"t": round(t, 1), "rss_kib": _rss_kib(), "gc_count": gc.get_count(),

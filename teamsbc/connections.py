@@ -179,7 +179,13 @@ class StreamConn(asyncio.BufferedProtocol):
         if self._keepalive is not None:
             self._keepalive.cancel()
         self.shell.conn_lost(self)
-        self.src = None  # Source.conn is this connection: no cycle left for the collector
+        # No cycle left for the collector (it does not walk long-lived objects under load:
+        # collector.py), or a closed TLS connection keeps its 256 KiB read buffer: Source.conn
+        # is this connection, and asyncio's SSLProtocol keeps our get_buffer/buffer_updated
+        # (bound to us) while we would keep its transport.
+        self.src = None
+        self.transport = None
+        self._out = []
 
     def flush_early(self) -> None:
         if self._early:

@@ -36,3 +36,72 @@ def test_holding_received_messages_costs_what_they_weigh(proto, state, test_pki)
     assert r["then_kib"] < 4096, r
     # and holding them costs about their size (5,000 other buffers of ~1.5 KB are held too)
     assert r["grew_kib"] < r["kept_kib"] * 1.2 + 12 * 1024, r
+
+
+def _teams_tls_exchange(port: int, pki) -> bytes:
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    ctx.load_cert_chain(str(pki.teams_fullchain), str(pki.teams_key))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=pki.sbc_fqdn) as tls:
+            tls.sendall(b"OPTIONS sip:" + pki.sbc_fqdn.encode() + b" SIP/2.0\r\n"
+                        b"Via: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK-mem1\r\n"
+                        b"From: <sip:sip.pstnhub.microsoft.com>;tag=1\r\nTo: <sip:" + pki.sbc_fqdn.encode() + b">\r\n"
+                        b"Call-ID: mem-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+            return tls.recv(4096)
+
+
+async def test_a_closed_tls_connection_is_freed_without_the_cyclic_collector(monkeypatch, tmp_path, test_pki):
+    """The SBC's collector does not walk long-lived objects under load (collector.py), so a
+    closed connection must go by reference counting alone. It did not: asyncio's SSLProtocol
+    keeps the protocol's get_buffer/buffer_updated, bound to our StreamConn, which kept the
+    transport, so each closed Teams connection held its 256 KiB TLS read buffer until a full
+    walk (+1.5 MiB in 20 minutes of the tracemalloc soak, 2026-12-06)."""
+    import asyncio
+    import gc
+    import weakref
+    from teamsbc import collector, config as cfg, connections
+    from teamsbc.app import serve
+    from tests.support.pki import TEAMS_NAMES
+    from tests.support.ports import free_port
+
+    seen: list = []
+    made = connections.StreamConn.connection_made
+
+    def spy(self, transport):
+        made(self, transport)
+        seen.append((weakref.ref(self), weakref.ref(transport)))
+    monkeypatch.setattr(connections.StreamConn, "connection_made", spy)
+    monkeypatch.setattr(collector.YoungOnly, "start", lambda self, loop: None)
+    port = free_port("tcp")
+    config = cfg.from_dict({
+        "sbc": {"fqdn": test_pki.sbc_fqdn},
+        "teams": {"listen": f"127.0.0.1:{port}", "certificate": str(test_pki.sbc_fullchain),
+                  "private_key": str(test_pki.sbc_key), "trusted_ca": str(test_pki.ca_cert),
+                  "resolve": {n: f"127.0.0.1:{free_port('tcp')}" for n in TEAMS_NAMES},
+                  "options_interval": 0},
+        "pbx": {"listen": f"127.0.0.1:{free_port('both')}", "address": f"127.0.0.1:{free_port('both')}",
+                "options_interval": 0},
+        "admin": {"enabled": False},
+        "cdr": {"enabled": False},
+    }, source="<test>", base=tmp_path)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(serve(config, ready=ready, stop=stop))
+    gc.disable()
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        for _ in range(5):
+            reply = await asyncio.to_thread(_teams_tls_exchange, port, test_pki)
+            assert reply.startswith(b"SIP/2.0 200"), reply[:200]
+        for _ in range(50):             # the SBC sees each close a moment later
+            await asyncio.sleep(0.05)
+            if len(seen) == 5 and all(conn() is None for conn, _ in seen):
+                break
+        alive = [(c(), t()) for c, t in seen if c() is not None or t() is not None]
+        assert len(seen) == 5
+        assert not alive, f"{len(alive)} of 5 closed connections still held: {alive[:2]}"
+    finally:
+        gc.enable()
+        stop.set()
+        await asyncio.wait_for(server, 10)
