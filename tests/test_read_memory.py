@@ -61,10 +61,10 @@ async def test_a_closed_tls_connection_is_freed_without_the_cyclic_collector(mon
     import asyncio
     import gc
     import weakref
-    from teamsbc import collector, config as cfg, connections
+    from teamsbc import collector, connections
     from teamsbc.app import serve
-    from tests.support.pki import TEAMS_NAMES
     from tests.support.ports import free_port
+    from tests.support.sbc import loopback_config
 
     seen: list = []
     made = connections.StreamConn.connection_made
@@ -75,17 +75,7 @@ async def test_a_closed_tls_connection_is_freed_without_the_cyclic_collector(mon
     monkeypatch.setattr(connections.StreamConn, "connection_made", spy)
     monkeypatch.setattr(collector.YoungOnly, "start", lambda self, loop: None)
     port = free_port("tcp")
-    config = cfg.from_dict({
-        "sbc": {"fqdn": test_pki.sbc_fqdn},
-        "teams": {"listen": f"127.0.0.1:{port}", "certificate": str(test_pki.sbc_fullchain),
-                  "private_key": str(test_pki.sbc_key), "trusted_ca": str(test_pki.ca_cert),
-                  "resolve": {n: f"127.0.0.1:{free_port('tcp')}" for n in TEAMS_NAMES},
-                  "options_interval": 0},
-        "pbx": {"listen": f"127.0.0.1:{free_port('both')}", "address": f"127.0.0.1:{free_port('both')}",
-                "options_interval": 0},
-        "admin": {"enabled": False},
-        "cdr": {"enabled": False},
-    }, source="<test>", base=tmp_path)
+    config = loopback_config(test_pki, tmp_path, port)
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(serve(config, ready=ready, stop=stop))
     gc.disable()

@@ -14,10 +14,9 @@ import ssl
 from asyncio import selector_events
 from pathlib import Path
 
-from teamsbc import config as cfg
 from teamsbc.app import serve
-from tests.support.pki import TEAMS_NAMES
 from tests.support.ports import free_port
+from tests.support.sbc import loopback_config
 
 
 def _add_reader_3_11_2(self, fd, callback, *args):
@@ -41,17 +40,7 @@ def handshake(port: int, pki) -> bool:
 async def test_handshakes_complete_with_the_3_11_2_transport(monkeypatch, tmp_path: Path, test_pki):
     monkeypatch.setattr(selector_events._SelectorTransport, "_add_reader", _add_reader_3_11_2)
     port = free_port("tcp")
-    config = cfg.from_dict({
-        "sbc": {"fqdn": test_pki.sbc_fqdn},
-        "teams": {"listen": f"127.0.0.1:{port}", "certificate": str(test_pki.sbc_fullchain),
-                  "private_key": str(test_pki.sbc_key), "trusted_ca": str(test_pki.ca_cert),
-                  "resolve": {n: f"127.0.0.1:{free_port('tcp')}" for n in TEAMS_NAMES},
-                  "options_interval": 0},
-        "pbx": {"listen": f"127.0.0.1:{free_port('both')}", "address": f"127.0.0.1:{free_port('both')}",
-                "options_interval": 0},
-        "admin": {"enabled": False},
-        "cdr": {"enabled": False},
-    }, source="<test>", base=tmp_path)
+    config = loopback_config(test_pki, tmp_path, port)
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(serve(config, ready=ready, stop=stop))
     try:

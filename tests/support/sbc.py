@@ -117,3 +117,20 @@ class SbcProcess:
             if p.name.startswith("teamsbc"):
                 out.append(f"--- {p.name} ---\n{p.stderr_text()}{p.stdout_text()}")
         return "\n".join(out)
+
+
+def loopback_config(pki: Any, tmp_path: Path, teams_port: int):
+    """The config of an SBC served in the test's own process (`teamsbc.app.serve`): Teams TLS
+    on `teams_port`, free loopback ports elsewhere, no pings, no admin API, no CDR."""
+    from teamsbc import config as cfg
+    return cfg.from_dict({
+        "sbc": {"fqdn": pki.sbc_fqdn},
+        "teams": {"listen": f"{LOOPBACK}:{teams_port}", "certificate": str(pki.sbc_fullchain),
+                  "private_key": str(pki.sbc_key), "trusted_ca": str(pki.ca_cert),
+                  "resolve": {n: f"{LOOPBACK}:{free_port('tcp')}" for n in TEAMS_NAMES},
+                  "options_interval": 0},
+        "pbx": {"listen": f"{LOOPBACK}:{free_port('both')}", "address": f"{LOOPBACK}:{free_port('both')}",
+                "options_interval": 0},
+        "admin": {"enabled": False},
+        "cdr": {"enabled": False},
+    }, source="<test>", base=tmp_path)
