@@ -50,6 +50,8 @@ pauses = {name: array.array(code) for name, code in PAUSE_FIELDS}
 def _own_kib() -> float:
     """What the probe's records hold (the part of the SBC's memory that is the probe's)."""
     return round(sum(a.buffer_info()[1] * a.itemsize for a in pauses.values()) / 1024, 1)
+
+
 minutes: list[dict] = []
 tm: dict = {}
 cycles: dict = {}
