@@ -67,12 +67,19 @@ async def test_a_closed_tls_connection_is_freed_without_the_cyclic_collector(mon
     from tests.support.sbc import loopback_config
 
     seen: list = []
-    made = connections.StreamConn.connection_made
+    made, lost = connections.StreamConn.connection_made, connections.StreamConn.connection_lost
+    all_closed = asyncio.Event()
 
-    def spy(self, transport):
+    def spy_made(self, transport):
         made(self, transport)
         seen.append((weakref.ref(self), weakref.ref(transport)))
-    monkeypatch.setattr(connections.StreamConn, "connection_made", spy)
+
+    def spy_lost(self, exc):
+        lost(self, exc)
+        if len(seen) == 5 and all(c().closed for c, _ in seen if c() is not None):
+            all_closed.set()
+    monkeypatch.setattr(connections.StreamConn, "connection_made", spy_made)
+    monkeypatch.setattr(connections.StreamConn, "connection_lost", spy_lost)
     monkeypatch.setattr(collector.YoungOnly, "start", lambda self, loop: None)
     port = free_port("tcp")
     config = loopback_config(test_pki, tmp_path, port)
@@ -84,10 +91,8 @@ async def test_a_closed_tls_connection_is_freed_without_the_cyclic_collector(mon
         for _ in range(5):
             reply = await asyncio.to_thread(_teams_tls_exchange, port, test_pki)
             assert reply.startswith(b"SIP/2.0 200"), reply[:200]
-        for _ in range(50):             # the SBC sees each close a moment later
-            await asyncio.sleep(0.05)
-            if len(seen) == 5 and all(conn() is None for conn, _ in seen):
-                break
+        await asyncio.wait_for(all_closed.wait(), 10)   # the SBC sees each close a moment later
+        await asyncio.sleep(0)          # the loop lets go of the callback that closed the last one
         alive = [(c(), t()) for c, t in seen if c() is not None or t() is not None]
         assert len(seen) == 5
         assert not alive, f"{len(alive)} of 5 closed connections still held: {alive[:2]}"

@@ -6,7 +6,8 @@ Runs in a fresh interpreter (tests/test_read_memory.py starts it): the shell's o
 classes (connections.StreamConn for TCP and TLS, connections.UdpSocket for UDP) receive SIP
 messages of 600-1,400 bytes over real loopback sockets, one read per message (`ng`: the
 rtpengine client, media.ng.NgClient over UDP, receives replies carrying SDP of that size from
-a responder on a loopback socket and the SDP is what is kept), and the receiver keeps the last 20,000 of them, as live transactions and the flight recorder do, while
+a responder on a loopback socket and the SDP is what is kept), and the receiver keeps the
+last 20,000 of them, as live transactions and the flight recorder do, while
 it allocates other buffers of 100-3,000 bytes with shorter lives (handling a message).
 Prints one JSON line: the bytes kept, and how much the process's RSS grew to keep them.
 
@@ -94,27 +95,32 @@ async def run(proto: str, pki: Path) -> dict:
             writer.write(data)
         closers += [writer.close, server.close]
 
-    async def pump(count: int, start: int) -> int:
-        size = 0
-        for i in range(start, start + count):
-            data = msgs[i % len(msgs)]
-            arrived.clear()
-            send(data)
-            await asyncio.wait_for(arrived.wait(), 5)
-            size += len(data)
-        return size
+    sent = [0]
 
-    await pump(2_000, 0)            # connections up, first allocations made
+    async def pump(count: int) -> None:
+        for _ in range(count):
+            arrived.clear()
+            send(msgs[sent[0] % len(msgs)])
+            sent[0] += 1
+            await asyncio.wait_for(arrived.wait(), 5)
+
+    r = await measure(proto, pump, kept, churn)
+    for c in closers:
+        c()
+    return r
+
+
+async def measure(proto: str, pump, kept, churn) -> dict:
+    """`pump(n)`: n more reads, each adding to `kept` (the last KEEP of them) and `churn`."""
+    await pump(2_000)            # connections up, first allocations made
     kept.clear()
     base = rss_kib()
-    await pump(KEEP, 2_000)         # the window fills: KEEP messages held
+    await pump(KEEP)             # the window fills: KEEP messages held
     full = rss_kib()
-    await pump(TOTAL - KEEP, 2_000 + KEEP)   # as many again, each replacing an older one
+    await pump(TOTAL - KEEP)     # as many again, each replacing an older one
     end = rss_kib()
     held = sum(len(m) for m in kept)
     churn.clear()
-    for c in closers:
-        c()
     return {"proto": proto, "kept": len(kept), "kept_kib": held // 1024,
             "grew_kib": full - base, "then_kib": end - full}
 
@@ -143,29 +149,17 @@ async def run_ng(kept, churn, sizes, msgs) -> dict:
     loop.add_reader(server.fileno(), answer)
     client = NgClient(f"udp:127.0.0.1:{server.getsockname()[1]}")
 
-    async def pump(count: int) -> int:
-        size = 0
+    async def pump(count: int) -> None:
         for _ in range(count):
             reply = await client.request({"command": "offer", "call-id": "c", "from-tag": "t"})
             kept.append(reply["sdp"])
             churn.append(b"c" * sizes.randint(100, 3000))
-            size += len(reply["sdp"])
-        return size
 
-    await pump(2_000)
-    kept.clear()
-    base = rss_kib()
-    await pump(KEEP)
-    full = rss_kib()
-    await pump(TOTAL - KEEP)
-    end = rss_kib()
-    held = sum(len(m) for m in kept)
-    churn.clear()
+    r = await measure("ng", pump, kept, churn)
     await client.close()
     loop.remove_reader(server.fileno())
     server.close()
-    return {"proto": "ng", "kept": len(kept), "kept_kib": held // 1024,
-            "grew_kib": full - base, "then_kib": end - full}
+    return r
 
 
 def main() -> None:
